@@ -1,0 +1,94 @@
+"""Shared file helpers: atomic writes, safe tensor files and stage logging.
+
+Every stage writes through these so that a killed job never leaves a file that looks finished
+(Snakemake would otherwise trust its mtime) and so that no stage ever unpickles a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class StageError(RuntimeError):
+    """A user-facing failure: the message names the file, record and problem; no traceback needed."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the final suffix (some writers infer the format from it).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=final.suffix + ".part", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically, pretty-printed and with sorted keys (diffable, deterministic)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
+    """Save one array atomically as .npy (loadable with ``allow_pickle=False``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_npy(path: str | os.PathLike[str], mmap: bool = False) -> np.ndarray:
+    """Load a .npy without ever unpickling."""
+    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+
+
+def setup_logging(log_file: str | os.PathLike[str] | None, name: str = "vlif") -> logging.Logger:
+    """Log to stderr and, when given, to the rule's ``log:`` file (appending, so retries accumulate)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.propagate = False
+    return logger
+
+
+def run_stage(fn: Any, logger: logging.Logger) -> int:
+    """Run a stage body, turning a ``StageError`` into one clear log line and exit code 1."""
+    try:
+        fn()
+    except StageError as err:
+        logger.error("%s", err)
+        return 1
+    return 0
