@@ -1,0 +1,97 @@
+"""Product images -> title-guided captions from a Qwen-VL model (sharded, resumable)."""
+
+
+rule images:
+    output:
+        "results/{ds}/images/manifest.parquet",
+    input:
+        item_table="results/{ds}/kcore/items.parquet",
+        meta=lambda w: raw(w.ds, "meta"),
+        code=code("vision/images.py"),
+    params:
+        cache="results/cache/images",
+        opts=lambda w: C(w.ds)["images"],
+    threads: 4
+    log:
+        "results/{ds}/logs/images.log",
+    conda:
+        CPU_ENV
+    shell:
+        "{STAGE} images --items {input.item_table} --base-dir $(dirname {input.meta:q})"
+        " --cache-dir {params.cache} --out {output} --concurrency {params.opts[concurrency]}"
+        " --timeout {params.opts[timeout]} --retries {params.opts[retries]}"
+        " --max-bytes {params.opts[max_bytes]} > {log} 2>&1"
+
+
+rule build_tiny_vlm:
+    output:
+        directory(TINY_VLM_DIR),
+    input:
+        code=code("vision/tiny_model.py"),
+    params:
+        seed=config["seed"],
+    log:
+        "results/models/logs/build_tiny_vlm.log",
+    conda:
+        CPU_ENV
+    shell:
+        "{STAGE} build-tiny-vlm --out-dir {output} --seed {params.seed} > {log} 2>&1"
+
+
+def caption_shards(w):
+    n = C(w.ds)["vlm"]["shards"]
+    return [
+        f"results/{w.ds}/captions/shards/{w.vlm}__{w.prompt}__{k}of{n}.parquet" for k in range(n)
+    ]
+
+
+def check_vlm(w):
+    """The {vlm} in a caption file name must be the dataset's configured model."""
+    expected = slug(C(w.ds)["vlm"]["model"])
+    if w.vlm != expected:
+        raise ValueError(f"results/{w.ds}/captions: vlm '{w.vlm}' is not the configured model '{expected}'")
+    return vlm_model(w.ds)
+
+
+rule caption:
+    output:
+        "results/{ds}/captions/shards/{vlm}__{prompt}__{shard}of{n}.parquet",
+    input:
+        manifest="results/{ds}/images/manifest.parquet",
+        item_table="results/{ds}/kcore/items.parquet",
+        model=lambda w: vlm_inputs(w.ds),
+        code=code("vision/captioner.py", "vision/prompts.py", "vision/qwen_inputs.py", "vision/fast_generate.py"),
+    params:
+        model=check_vlm,
+        cache="results/cache/captions",
+        opts=lambda w: C(w.ds)["vlm"],
+    threads: 8
+    resources:
+        gpu=lambda w: C(w.ds)["vlm"]["gpus"],
+    log:
+        "results/{ds}/logs/caption_{vlm}__{prompt}__{shard}of{n}.log",
+    benchmark:
+        "results/{ds}/benchmarks/caption_{vlm}__{prompt}__{shard}of{n}.tsv"
+    conda:
+        GPU_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} {STAGE} caption --manifest {input.manifest} --items {input.item_table}"
+        " --model {params.model:q} --prompt {wildcards.prompt}"
+        " --shard {wildcards.shard} --n-shards {wildcards.n} --cache-dir {params.cache}"
+        " --batch-size {params.opts[batch_size]} --max-new-tokens {params.opts[max_new_tokens]}"
+        " --device {params.opts[device]} --engine {params.opts[engine]}"
+        " --no-image-policy {params.opts[no_image_policy]} --out {output} > {log} 2>&1"
+
+
+rule caption_gather:
+    output:
+        "results/{ds}/captions/{vlm}__{prompt}.parquet",
+    input:
+        shards=caption_shards,
+        code=code("vision/gather.py"),
+    log:
+        "results/{ds}/logs/caption_gather_{vlm}__{prompt}.log",
+    conda:
+        CPU_ENV
+    shell:
+        "{STAGE} caption-gather --shards {input.shards} --out {output} > {log} 2>&1"

@@ -1,0 +1,59 @@
+"""Graphs from the training split and item features: user-item, item-item kNN, user-user."""
+
+
+rule graph_user_item:
+    output:
+        "results/{ds}/graphs/user_item.npz",
+    input:
+        **kcore_files("{ds}"),
+        code=code("graphs"),
+    log:
+        "results/{ds}/logs/graph_user_item.log",
+    benchmark:
+        "results/{ds}/benchmarks/graph_user_item.tsv"
+    conda:
+        CPU_ENV
+    shell:
+        "{STAGE} graph-user-item --kcore-dir results/{wildcards.ds}/kcore --out {output} > {log} 2>&1"
+
+
+rule graph_item_knn:
+    output:
+        "results/{ds}/graphs/item_knn__{variant}__k{k}.npz",
+    input:
+        visual="results/{ds}/features/visual__{variant}.npy",
+        text="results/{ds}/features/text.npy",
+        code=code("graphs"),
+    params:
+        w_visual=lambda w: C(w.ds)["graphs"]["visual_weight"],
+        w_text=lambda w: round(1 - C(w.ds)["graphs"]["visual_weight"], 10),
+        self_loop=lambda w: C(w.ds)["graphs"]["self_loop"],
+    threads: 8
+    log:
+        "results/{ds}/logs/graph_item_knn__{variant}__k{k}.log",
+    benchmark:
+        "results/{ds}/benchmarks/graph_item_knn__{variant}__k{k}.tsv"
+    conda:
+        CPU_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} {STAGE} graph-item-knn --features {input.visual} {input.text}"
+        " --weights {params.w_visual} {params.w_text} --k {wildcards.k}"
+        " --self-loop {params.self_loop} --out {output} > {log} 2>&1"
+
+
+rule graph_user_user:
+    output:
+        "results/{ds}/graphs/user_user__k{k}.npz",
+    input:
+        **kcore_files("{ds}"),
+        code=code("graphs"),
+    threads: 2
+    log:
+        "results/{ds}/logs/graph_user_user__k{k}.log",
+    benchmark:
+        "results/{ds}/benchmarks/graph_user_user__k{k}.tsv"
+    conda:
+        CPU_ENV
+    shell:
+        "{STAGE} graph-user-user --kcore-dir results/{wildcards.ds}/kcore --k {wildcards.k}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,199 @@
+"""The `report` stage: the dataset's metrics.json, the comparison table and the ablation table.
+
+Reads only the files training runs write (`runs/{run}/metrics.json`), so a report never retrains
+anything and always shows the test figure at the best *validation* epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from vlif_pipeline.config import TINY_VLM, parse_run_id
+from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging, write_json
+
+HEADLINE_K = (10, 20)
+PACKAGES = (
+    "vlif-pipeline", "torch", "transformers", "sentence-transformers", "numpy", "scipy", "polars",
+    "pyarrow", "snakemake",
+)
+TABLE_COLUMNS = (("recall", 10), ("recall", 20), ("ndcg", 10), ("ndcg", 20))
+ABLATION_COLUMNS = (("recall", 10), ("recall", 20), ("ndcg", 20))
+MODEL_NAMES = {"popularity": "Popularity", "bpr": "BPR", "lightgcn": "LightGCN", "freedom": "FREEDOM", "vlif": "VLIF"}
+VARIANT_NAMES = {"original": "Original", "vlm_plain": "VLM w.o title", "vlm_title": "VLM with title"}
+FUSION_NAMES = {"pooling": "Pooling", "concat": "Concat", "weighted_concat": "Weighted Concat", "pid": "PID (VLIF)"}
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise StageError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise StageError(f"{path}: not valid JSON ({err})") from None
+
+
+def metric(run_metrics: dict[str, Any], split: str, name: str, k: int, path: str | Path = "") -> float:
+    """One figure from a run's metrics.json (`{split: {"recall@20": ...}}`)."""
+    try:
+        return float(run_metrics[split][f"{name}@{k}"])
+    except KeyError:
+        raise StageError(f"{path}: no {split} {name}@{k} in the run's metrics") from None
+
+
+def provenance(device: str | None) -> dict[str, Any]:
+    """What produced the numbers: package versions, git commit, machine and device."""
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    repo = Path(__file__).resolve().parents[3]
+    git = {"commit": None, "dirty": None}
+    try:
+        git["commit"] = _git(repo, "rev-parse", "HEAD")
+        git["dirty"] = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {
+        "packages": versions,
+        "git": git,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+    }
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, timeout=10
+    ).stdout.strip()
+
+
+def build_metrics(
+    run_path: Path, stats_path: Path, ingest_path: Path | None, config: dict[str, Any], dataset: str
+) -> dict[str, Any]:
+    """The dataset's headline file: test metrics at the best validation epoch, and their context."""
+    run = read_json(run_path)
+    test = {f"{name}@{k}": metric(run, "test", name, k, run_path)
+            for name in ("recall", "ndcg", "precision", "map") for k in HEADLINE_K}
+    notes = []
+    if config["vlm"]["model"] == TINY_VLM and config["train"]["visual"] == "vlm":
+        notes.append(
+            "captions come from a tiny randomly initialised Qwen2.5-VL built offline: they carry no "
+            "visual information; the visual modality here is title + noise. Use train.visual=original "
+            "(CNN features) or a real VLM for meaningful visual signal."
+        )
+    result = {
+        "dataset": dataset,
+        "run": run_path.parent.name,
+        "test": test,
+        "valid": run.get("valid", {}),
+        "best_epoch": run.get("best_epoch"),
+        "epochs_run": run.get("epochs_run"),
+        "stopped_reason": run.get("stopped_reason"),
+        "dataset_stats": read_json(stats_path),
+        "config": config,
+        "provenance": provenance(run.get("device")),
+        "notes": notes,
+    }
+    if ingest_path is not None and ingest_path.exists():
+        result["ingest"] = read_json(ingest_path)
+    return result
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}"
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _bold_best(rows: list[list[str]], values: list[list[float]], first_col: int) -> None:
+    for col in range(len(values[0])):
+        best = max(range(len(values)), key=lambda r: values[r][col])
+        rows[best][first_col + col] = f"**{rows[best][first_col + col]}**"
+
+
+def build_table(run_paths: list[Path], dataset: str) -> str:
+    """Paper Table 1 layout: one row per model, test R@10, R@20, N@10, N@20; best in bold."""
+    rows, values = [], []
+    for path in run_paths:
+        run = read_json(path)
+        parts = parse_run_id(path.parent.name)
+        label = MODEL_NAMES[parts["model"]]
+        if parts["variant"]:
+            label += f" ({VARIANT_NAMES[parts['variant']]})"
+        figures = [metric(run, "test", name, k, path) for name, k in TABLE_COLUMNS]
+        rows.append([label, *map(_fmt, figures), str(run.get("best_epoch"))])
+        values.append(figures)
+    _bold_best(rows, values, 1)
+    header = ["Model", "R@10", "R@20", "N@10", "N@20", "best epoch"]
+    title = f"# {dataset}: VLIF against the baselines\n\nTest metrics at the best validation epoch (Recall@20).\n\n"
+    return title + _markdown(header, rows)
+
+
+def build_ablation(run_paths: list[Path], dataset: str) -> str:
+    """Paper Table 2 layout: image-feature variants (PID fusion) and fusion variants (title captions)."""
+    rows, values = [], []
+    for path in run_paths:
+        run = read_json(path)
+        parts = parse_run_id(path.parent.name)
+        if parts["model"] != "vlif":
+            raise StageError(f"{path}: the ablation compares VLIF runs only, got '{parts['model']}'")
+        if parts["fusion"] == "pid":
+            module, approach = "Image Feature", VARIANT_NAMES[parts["variant"]]
+        else:
+            module, approach = "Multimodal Fusion", FUSION_NAMES[parts["fusion"]]
+        if parts["fusion"] == "pid" and parts["variant"] == "vlm_title":
+            module, approach = "VLIF", "title captions + PID fusion"
+        figures = [metric(run, "test", name, k, path) for name, k in ABLATION_COLUMNS]
+        rows.append([module, approach, *map(_fmt, figures)])
+        values.append(figures)
+    _bold_best(rows, values, 2)
+    header = ["Module", "Approach", "R@10", "R@20", "N@20"]
+    title = f"# {dataset}: ablation\n\nTest metrics at the best validation epoch (Recall@20).\n\n"
+    return title + _markdown(header, rows)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vlif_pipeline report", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("metrics", help="the dataset's metrics.json from its main run")
+    m.add_argument("--run", type=Path, required=True, help="runs/{run}/metrics.json of the main run")
+    m.add_argument("--stats", type=Path, required=True, help="kcore/stats.json")
+    m.add_argument("--ingest-report", type=Path, help="ingest_report.json, if the dataset had raw files")
+    m.add_argument("--config-json", required=True, help="the dataset's resolved configuration")
+    for name, help_ in (("table", "VLIF against the baselines"), ("ablation", "feature and fusion ablations")):
+        t = sub.add_parser(name, help=help_)
+        t.add_argument("--runs", type=Path, nargs="+", required=True, help="runs/{run}/metrics.json files")
+    for p in sub.choices.values():
+        p.add_argument("--dataset", required=True)
+        p.add_argument("--out", type=Path, required=True)
+        p.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    logger = setup_logging(args.log, "vlif.report")
+
+    def body() -> None:
+        if args.what == "metrics":
+            result = build_metrics(args.run, args.stats, args.ingest_report, json.loads(args.config_json), args.dataset)
+            write_json(args.out, result)
+            for note in result["notes"]:
+                logger.warning("%s", note)
+            logger.info("test %s", json.dumps(result["test"]))
+        else:
+            build = build_table if args.what == "table" else build_ablation
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(build(args.runs, args.dataset))
+            logger.info("wrote %s", args.out)
+
+    return run_stage(body, logger)
