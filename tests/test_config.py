@@ -1,0 +1,72 @@
+"""Configuration validation, per-dataset merging and run naming."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vlif_pipeline import config as cfgmod
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "config" / "schema.yaml"
+
+
+@pytest.fixture()
+def shipped() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_shipped_config_is_valid(shipped: dict) -> None:
+    cfgmod.validate(shipped, SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda c: c["datasets"]["baby"].update(format="amazon2099"), "datasets.baby.format: 'amazon2099' is not one of"),
+        (lambda c: c.update(kcore=0), "kcore: 0 is less than the minimum of 1"),
+        (lambda c: c["datasets"]["baby"].pop("meta"), "datasets.baby: 'meta' is required"),
+        (lambda c: c["datasets"]["baby"].update(meta="no/such/meta.json.gz"), "datasets.baby.meta: local path 'no/such/meta.json.gz' does not exist"),
+        (lambda c: c["vlm"].update(prompt="fancy"), "vlm.prompt: 'fancy' is not one of"),
+        (lambda c: c["datasets"]["demo"]["train"].update(lerning_rate=0.1), "datasets.demo.train: unknown key(s) ('lerning_rate' was unexpected)"),
+        (lambda c: c["datasets"].update(mm={"format": "mmrec", "path": "."}), "datasets.mm.train.visual: 'vlm' needs images"),
+    ],
+)
+def test_bad_config_names_key_and_problem(shipped: dict, mutate, expected: str) -> None:
+    bad = copy.deepcopy(shipped)
+    mutate(bad)
+    with pytest.raises(cfgmod.ConfigError) as err:
+        cfgmod.validate(bad, SCHEMA)
+    assert expected in str(err.value)
+
+
+def test_dataset_overrides_merge_over_global_sections(shipped: dict) -> None:
+    demo = cfgmod.dataset_config(shipped, "demo")
+    baby = cfgmod.dataset_config(shipped, "baby")
+    assert demo["vlm"]["model"] == cfgmod.TINY_VLM and demo["vlm"]["prompt"] == "title_cot"
+    assert baby["vlm"]["model"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert demo["train"]["learning_rate"] == shipped["train"]["learning_rate"]
+    assert demo["dataset"]["format"] == "synthetic" and "vlm" not in demo["dataset"]
+    with pytest.raises(cfgmod.ConfigError, match="datasets.nope: no such dataset"):
+        cfgmod.dataset_config(shipped, "nope")
+
+
+def test_run_ids_round_trip() -> None:
+    for args in [("vlif", "vlm_title", "pid"), ("freedom", "original", None), ("lightgcn", None, None)]:
+        name = cfgmod.run_id(*args)
+        assert cfgmod.parse_run_id(name) == dict(zip(("model", "variant", "fusion"), args))
+    with pytest.raises(cfgmod.ConfigError):
+        cfgmod.parse_run_id("vlif__vlm_title")
+
+
+def test_visual_variant_follows_prompt(shipped: dict) -> None:
+    cfg = cfgmod.dataset_config(shipped, "baby")
+    assert cfgmod.visual_variant(cfg) == "vlm_title"
+    cfg["vlm"]["prompt"] = "plain"
+    assert cfgmod.visual_variant(cfg) == "vlm_plain"
+    cfg["train"]["visual"] = "original"
+    assert cfgmod.visual_variant(cfg) == "original"
+    assert cfgmod.slug("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen--Qwen2.5-VL-7B-Instruct"

@@ -1,0 +1,83 @@
+"""Integration: the demo pipeline end to end, then what a rerun schedules after each kind of change.
+
+One real run of `results/demo/metrics.json` (and the comparison table) in a scratch copy of the
+workflow; the rerun checks are dry runs against that finished state, so they are fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from workflow_utils import copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.integration
+
+UPSTREAM = {"demo", "ingest", "kcore", "images", "build_tiny_vlm", "graph_user_item", "encode_text"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch workflow copy in which the demo pipeline (metrics and table) ran to completion."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("workflow"))
+    start = time.monotonic()
+    result = snakemake(workdir, "--cores", "2", "results/demo/metrics.json", "results/demo/table.md")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    print(f"demo pipeline (metrics + table) took {time.monotonic() - start:.0f} s")
+    return workdir
+
+
+def write_config(workdir: Path, name: str, text: str) -> str:
+    path = workdir / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_metrics_file_holds_results_stats_config_provenance(demo: Path) -> None:
+    metrics = json.loads((demo / "results/demo/metrics.json").read_text())
+    for name in ("recall", "ndcg", "precision", "map"):
+        for k in (10, 20):
+            assert 0.0 <= metrics["test"][f"{name}@{k}"] <= 1.0
+    assert metrics["test"]["recall@20"] > 0.0
+    assert metrics["best_epoch"] >= 1
+    assert metrics["dataset_stats"]["n_users"] > 1000 and metrics["dataset_stats"]["n_items"] > 500
+    assert metrics["config"]["vlm"]["model"] == "tiny-random"
+    assert metrics["provenance"]["packages"]["torch"].startswith("2.")
+    assert any("not" in note and "caption" in note for note in metrics["notes"])
+
+
+def test_complete_run_has_nothing_left_to_do(demo: Path) -> None:
+    assert planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json")) == {}
+
+
+def test_prompt_change_reruns_captions_and_dependants_only(demo: Path) -> None:
+    extra = write_config(demo, "plain.yaml", "vlm:\n  prompt: plain\n")
+    jobs = planned_jobs(snakemake(demo, "-n", "--configfile", "config/config.yaml", extra, "--", "results/demo/metrics.json"))
+    assert {"caption", "caption_gather", "encode_captions", "graph_item_knn", "train", "report_metrics"} <= set(jobs)
+    assert not UPSTREAM & set(jobs) and "graph_user_user" not in jobs
+
+
+def test_learning_rate_change_reruns_training_only(demo: Path) -> None:
+    extra = write_config(demo, "lr.yaml", "train:\n  learning_rate: 0.002\n")
+    jobs = planned_jobs(snakemake(demo, "-n", "--configfile", "config/config.yaml", extra, "--", "results/demo/metrics.json"))
+    assert set(jobs) == {"train", "report_metrics"}
+
+
+def test_editing_stage_code_reruns_that_stage_and_dependants(demo: Path) -> None:
+    module = demo / "src/vlif_pipeline/graphs/user_user.py"
+    module.write_text(module.read_text() + "\n")
+    jobs = planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json"))
+    assert {"graph_user_user", "graph_item_knn", "graph_user_item", "train", "report_metrics"} <= set(jobs)
+    assert not {"demo", "ingest", "kcore", "caption", "encode_text"} & set(jobs)
+
+
+def test_content_models_beat_id_models_on_demo(demo: Path) -> None:
+    """The demo is a fair test (issue 6): VLIF > LightGCN > BPR > popularity on test Recall@20."""
+    recall = {}
+    for run in ("vlif__vlm_title__pid", "lightgcn", "bpr", "popularity"):
+        recall[run] = json.loads((demo / f"results/demo/runs/{run}/metrics.json").read_text())["test"]["recall@20"]
+    assert recall["vlif__vlm_title__pid"] > recall["lightgcn"] > recall["bpr"] > recall["popularity"], recall
+    assert "VLIF" in (demo / "results/demo/table.md").read_text()
