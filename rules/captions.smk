@@ -17,7 +17,7 @@ rule images:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} images --items {input.item_table} --base-dir $(dirname {input.meta:q})"
+        "python -m vlif_pipeline images --items {input.item_table} --base-dir $(dirname {input.meta:q})"
         " --cache-dir {params.cache} --out {output} --concurrency {params.opts[concurrency]}"
         " --timeout {params.opts[timeout]} --retries {params.opts[retries]}"
         " --max-bytes {params.opts[max_bytes]} > {log} 2>&1"
@@ -35,22 +35,7 @@ rule build_tiny_vlm:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} build-tiny-vlm --out-dir {output} --seed {params.seed} > {log} 2>&1"
-
-
-def caption_shards(w):
-    n = C(w.ds)["vlm"]["shards"]
-    return [
-        f"results/{w.ds}/captions/shards/{w.vlm}__{w.prompt}__{k}of{n}.parquet" for k in range(n)
-    ]
-
-
-def check_vlm(w):
-    """The {vlm} in a caption file name must be the dataset's configured model."""
-    expected = slug(C(w.ds)["vlm"]["model"])
-    if w.vlm != expected:
-        raise ValueError(f"results/{w.ds}/captions: vlm '{w.vlm}' is not the configured model '{expected}'")
-    return vlm_model(w.ds)
+        "python -m vlif_pipeline build-tiny-vlm --out-dir {output} --seed {params.seed} > {log} 2>&1"
 
 
 rule caption:
@@ -75,7 +60,7 @@ rule caption:
     conda:
         GPU_ENV
     shell:
-        "OMP_NUM_THREADS={threads} {STAGE} caption --manifest {input.manifest} --items {input.item_table}"
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline caption --manifest {input.manifest} --items {input.item_table}"
         " --model {params.model:q} --prompt {wildcards.prompt}"
         " --shard {wildcards.shard} --n-shards {wildcards.n} --cache-dir {params.cache}"
         " --batch-size {params.opts[batch_size]} --max-new-tokens {params.opts[max_new_tokens]}"
@@ -94,4 +79,4 @@ rule caption_gather:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} caption-gather --shards {input.shards} --out {output} > {log} 2>&1"
+        "python -m vlif_pipeline caption-gather --shards {input.shards} --out {output} > {log} 2>&1"

@@ -21,7 +21,7 @@ CPU_ENV = "../envs/cpu.yaml"
 GPU_ENV = "../envs/gpu.yaml"
 SYNTHETIC_FILES = {"reviews": "reviews.json.gz", "meta": "meta.json.gz", "image_features": "image_features.b"}
 TINY_VLM_DIR = f"results/models/{TINY_VLM}"
-STAGE = "python -m vlif_pipeline"
+SHARED_TRAIN_KEYS = ("learning_rate", "batch_size", "embedding_dim", "n_layers", "reg_weight", "max_epochs", "patience")
 
 
 wildcard_constraints:
@@ -87,3 +87,65 @@ def kcore_files(ds):
 
 def quoted_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def caption_shards(w):
+    n = C(w.ds)["vlm"]["shards"]
+    return [
+        f"results/{w.ds}/captions/shards/{w.vlm}__{w.prompt}__{k}of{n}.parquet" for k in range(n)
+    ]
+
+
+def check_vlm(w):
+    """The {vlm} in a caption file name must be the dataset's configured model."""
+    expected = slug(C(w.ds)["vlm"]["model"])
+    if w.vlm != expected:
+        raise ValueError(f"results/{w.ds}/captions: vlm '{w.vlm}' is not the configured model '{expected}'")
+    return vlm_model(w.ds)
+
+
+def train_inputs(w):
+    run = parse_run_id(w.run)
+    cfg = C(w.ds)
+    base = f"results/{w.ds}"
+    files = {**kcore_files(w.ds), "user_item": f"{base}/graphs/user_item.npz"}
+    if run["variant"]:
+        files["text"] = f"{base}/features/text.npy"
+        files["visual"] = f"{base}/features/visual__{run['variant']}.npy"
+        files["item_knn"] = f"{base}/graphs/item_knn__{run['variant']}__k{cfg['graphs']['item_k']}.npz"
+    if run["model"] == "vlif":
+        files["user_user"] = f"{base}/graphs/user_user__k{cfg['graphs']['user_k']}.npz"
+    return files
+
+
+def train_params(w):
+    """Hyperparameters as JSON: a change reruns exactly the runs it concerns."""
+    run = parse_run_id(w.run)
+    cfg = C(w.ds)
+    params = {key: cfg["train"][key] for key in SHARED_TRAIN_KEYS} | {"seed": cfg["seed"]}
+    if run["model"] == "vlif":
+        params |= {"lambda": cfg["train"]["lambda"], "fusion": run["fusion"]}
+    return quoted_json(params)
+
+
+def optional_inputs(w, input):
+    flags = {"text": "--text", "visual": "--visual", "item_knn": "--item-knn", "user_user": "--user-user"}
+    return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
+
+
+def table_runs(ds):
+    cfg = C(ds)
+    variant = visual_variant(cfg)
+    baselines = [run_id(m, variant) for m in cfg["report"]["baselines"]]
+    return [f"results/{ds}/runs/{r}/metrics.json" for r in baselines + [main_run(cfg)]]
+
+
+def ablation_runs(ds):
+    """Table 2 of the paper: image features (with PID fusion), then fusions (with title captions)."""
+    entry = C(ds)["dataset"]
+    variants = ["vlm_plain", "vlm_title"]
+    if entry["format"] == "synthetic" or "image_features" in entry:
+        variants.insert(0, "original")
+    runs = [run_id("vlif", v, "pid") for v in variants]
+    runs += [run_id("vlif", "vlm_title", f) for f in ("pooling", "concat", "weighted_concat")]
+    return [f"results/{ds}/runs/{r}/metrics.json" for r in runs]

@@ -20,7 +20,7 @@ rule demo:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} demo --out-dir results/{wildcards.ds}/raw --seed {params.seed}"
+        "python -m vlif_pipeline demo --out-dir results/{wildcards.ds}/raw --seed {params.seed}"
         " --n-users {params.n_users} --n-items {params.n_items} --image-size {params.image_size}"
         " > {log} 2>&1"
 
@@ -38,7 +38,7 @@ rule download:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} download --url {params.url:q} --out {output} > {log} 2>&1"
+        "python -m vlif_pipeline download --url {params.url:q} --out {output} > {log} 2>&1"
 
 
 rule ingest:
@@ -60,7 +60,7 @@ rule ingest:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} ingest --format {params.format} --reviews {input.reviews:q} --meta {input.meta:q}"
+        "python -m vlif_pipeline ingest --format {params.format} --reviews {input.reviews:q} --meta {input.meta:q}"
         " --out-interactions {output.interactions} --out-items {output.item_table}"
         " --report {output.report} --max-bad-fraction {params.max_bad} > {log} 2>&1"
 
@@ -84,7 +84,7 @@ rule kcore:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} kcore --interactions {input.interactions} --items {input.item_table} --k {params.k}"
+        "python -m vlif_pipeline kcore --interactions {input.interactions} --items {input.item_table} --k {params.k}"
         " --split {params.split} --seed {params.seed} --missing-meta {params.missing_meta}"
         " --out-dir results/{wildcards.ds}/kcore > {log} 2>&1"
 
@@ -102,5 +102,5 @@ rule original_features:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} original-features --features {input.features:q} --items {input.item_table}"
+        "python -m vlif_pipeline original-features --features {input.features:q} --items {input.item_table}"
         " --out {output.features} --report {output.report} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule encode_text:
     conda:
         CPU_ENV
     shell:
-        "OMP_NUM_THREADS={threads} {STAGE} encode-text --items {input.item_table} --model {params.model:q}"
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline encode-text --items {input.item_table} --model {params.model:q}"
         " --cache-dir {params.cache} --out {output} > {log} 2>&1"
 
 
@@ -43,5 +43,5 @@ rule encode_captions:
     conda:
         CPU_ENV
     shell:
-        "OMP_NUM_THREADS={threads} {STAGE} encode-text --items {input.item_table} --captions {input.captions}"
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline encode-text --items {input.item_table} --captions {input.captions}"
         " {params.title} --model {params.model:q} --cache-dir {params.cache} --out {output} > {log} 2>&1"

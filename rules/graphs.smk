@@ -14,7 +14,7 @@ rule graph_user_item:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} graph-user-item --kcore-dir results/{wildcards.ds}/kcore --out {output} > {log} 2>&1"
+        "python -m vlif_pipeline graph-user-item --kcore-dir results/{wildcards.ds}/kcore --out {output} > {log} 2>&1"
 
 
 rule graph_item_knn:
@@ -36,7 +36,7 @@ rule graph_item_knn:
     conda:
         CPU_ENV
     shell:
-        "OMP_NUM_THREADS={threads} {STAGE} graph-item-knn --features {input.visual} {input.text}"
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline graph-item-knn --features {input.visual} {input.text}"
         " --weights {params.w_visual} {params.w_text} --k {wildcards.k}"
         " --self-loop {params.self_loop} --out {output} > {log} 2>&1"
 
@@ -55,5 +55,5 @@ rule graph_user_user:
     conda:
         CPU_ENV
     shell:
-        "{STAGE} graph-user-user --kcore-dir results/{wildcards.ds}/kcore --k {wildcards.k}"
+        "python -m vlif_pipeline graph-user-user --kcore-dir results/{wildcards.ds}/kcore --k {wildcards.k}"
         " --out {output} > {log} 2>&1"
