@@ -19,6 +19,10 @@ from typing import Any
 import numpy as np
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class StageError(RuntimeError):
     """A user-facing failure: the message names the file, record and problem; no traceback needed."""
 
@@ -36,6 +40,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are shared files
         os.replace(tmp, final)
     finally:
         if tmp.exists():
