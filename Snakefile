@@ -4,12 +4,15 @@
     snakemake --cores 8 results/baby/table.md         # VLIF against the baselines
 """
 
+import os
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# envs/*.yaml install the package from here (conda builds them from copies in .snakemake/conda).
+os.environ.setdefault("VLIF_PIPELINE_ROOT", workflow.basedir)
 from vlif_pipeline import config as cfgmod  # noqa: E402
 
 
