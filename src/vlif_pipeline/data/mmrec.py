@@ -1,0 +1,160 @@
+"""MMRec interop: export a kcore dataset to MMRec's folder layout, and import such a folder.
+
+MMRec layout (REFERENCE section 2): ``<name>.inter`` (tab-separated, header
+``userID itemID rating timestamp x_label``, x_label 0/1/2 = train/valid/test),
+``i_id_mapping.csv`` (``asin<TAB>itemID``), ``u_id_mapping.csv`` (``user_id<TAB>userID``) and the
+optional ``text_feat.npy`` / ``image_feat.npy`` with row i = item i.
+
+Import keeps MMRec's ids and split as they are (the widely shared Baby/Sports/Clothing folders are
+then evaluated on exactly their published split); it is ``kcore --format mmrec --mmrec-dir DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from vlif_pipeline.amazon.items import ITEM_SCHEMA, TEXT_COLUMNS
+from vlif_pipeline.data.split import split_stats
+from vlif_pipeline.io import StageError, atomic_path, load_npy, run_stage, save_npy, setup_logging
+
+INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
+
+
+def _write_tsv(path: Path, table: pl.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        table.write_csv(tmp, separator="\t")
+
+
+def _copy_features(source: Path, target: Path, n_items: int) -> None:
+    features = load_npy(source, mmap=True)
+    if features.ndim != 2 or features.shape[0] != n_items:
+        raise StageError(f"{source}: shape {features.shape}, expected ({n_items}, d) for the {n_items} items")
+    save_npy(target, np.asarray(features, dtype=np.float32))
+
+
+def export_mmrec(kcore_dir: Path, name: str, out_dir: Path, text_feat: Path | None, image_feat: Path | None) -> None:
+    """Write ``out_dir`` in MMRec's layout from a kcore folder (and feature files, if given)."""
+    interactions = pl.read_parquet(kcore_dir / "interactions.parquet")
+    users = pl.read_parquet(kcore_dir / "users.parquet")
+    items = pl.read_parquet(kcore_dir / "items.parquet")
+    _write_tsv(
+        out_dir / f"{name}.inter",
+        interactions.select(
+            pl.col("u").alias("userID"), pl.col("i").alias("itemID"), "rating", "timestamp",
+            pl.col("split").alias("x_label"),
+        ),
+    )
+    _write_tsv(out_dir / "i_id_mapping.csv", items.select(pl.col("item_id").alias("asin"), pl.col("i").alias("itemID")))
+    _write_tsv(out_dir / "u_id_mapping.csv", users.select("user_id", pl.col("u").alias("userID")))
+    for source, target in ((text_feat, "text_feat.npy"), (image_feat, "image_feat.npy")):
+        if source is not None:
+            _copy_features(source, out_dir / target, items.height)
+
+
+def _read_tsv(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
+    try:
+        table = pl.read_csv(path, separator="\t", infer_schema_length=10000)
+    except Exception as err:  # noqa: BLE001 - any parser complaint means the file is not usable
+        raise StageError(f"{path}: not a readable tab-separated file ({err})") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise StageError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(table.columns)})")
+    return table
+
+
+def _find_inter(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise StageError(f"{folder}: no such folder")
+    found = sorted(folder.glob("*.inter"))
+    if len(found) != 1:
+        raise StageError(f"{folder}: expected exactly one *.inter file, found {[p.name for p in found]}")
+    return found[0]
+
+
+def _mapping(path: Path, id_col: str, new_col: str, n: int) -> pl.Series:
+    """Original ids in new-id order; ``str(new id)`` where the mapping file is absent."""
+    if not path.is_file():
+        return pl.Series(id_col, [str(k) for k in range(n)], dtype=pl.String)
+    table = _read_tsv(path, (id_col, new_col)).with_columns(pl.col(id_col).cast(pl.String))
+    ids = table.get_column(new_col)
+    if ids.sort().to_list() != list(range(n)):
+        raise StageError(f"{path}: {new_col} must be exactly 0..{n - 1}, one row each")
+    return table.sort(new_col).get_column(id_col)
+
+
+def import_mmrec(
+    folder: Path, items_meta: pl.DataFrame | None
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
+    """Read an MMRec folder into the kcore tables (interactions, users, items, stats).
+
+    Item text comes from ``items_meta`` (an ingested items table, joined on asin) when given;
+    otherwise items have empty text and ``has_meta = false``.
+    """
+    inter_path = _find_inter(folder)
+    raw = _read_tsv(inter_path, ("userID", "itemID", "x_label"))
+    for column in ("userID", "itemID", "x_label"):
+        if not raw.schema[column].is_integer() or raw.get_column(column).null_count():
+            raise StageError(f"{inter_path}: column {column} must hold integers only")
+    labels = raw.get_column("x_label")
+    if not labels.is_in([0, 1, 2]).all():
+        bad = raw.with_row_index("row").filter(~pl.col("x_label").is_in([0, 1, 2])).row(0, named=True)
+        raise StageError(f"{inter_path}: data row {bad['row'] + 1} has x_label {bad['x_label']} (0, 1 or 2 expected)")
+    if min(raw.get_column("userID").min(), raw.get_column("itemID").min()) < 0:  # type: ignore[type-var]
+        raise StageError(f"{inter_path}: negative userID or itemID")
+    interactions = raw.select(
+        pl.col("userID").cast(pl.Int64).alias("u"),
+        pl.col("itemID").cast(pl.Int64).alias("i"),
+        (pl.col("rating") if "rating" in raw.columns else pl.lit(1.0)).cast(pl.Float32).alias("rating"),
+        (pl.col("timestamp") if "timestamp" in raw.columns else pl.lit(0)).cast(pl.Int64).alias("timestamp"),
+        pl.col("x_label").cast(pl.Int8).alias("split"),
+    ).sort("u", "timestamp", "i")
+    i_map = folder / "i_id_mapping.csv"
+    u_map = folder / "u_id_mapping.csv"
+    n_items = max(int(interactions.get_column("i").max()) + 1, _rows(i_map))  # type: ignore[arg-type]
+    n_users = max(int(interactions.get_column("u").max()) + 1, _rows(u_map))  # type: ignore[arg-type]
+    users = pl.DataFrame({"u": np.arange(n_users), "user_id": _mapping(u_map, "user_id", "userID", n_users)})
+    item_ids = _mapping(i_map, "asin", "itemID", n_items).alias("item_id")
+    index = pl.DataFrame({"i": np.arange(n_items), "item_id": item_ids})
+    if items_meta is not None:
+        items = index.join(items_meta, on="item_id", how="left", maintain_order="left")
+    else:
+        blank = {
+            c: pl.lit("" if c in TEXT_COLUMNS else None, dtype=t) for c, t in ITEM_SCHEMA.items() if c != "item_id"
+        }
+        items = index.with_columns(**blank).with_columns(pl.lit(False).alias("has_meta"))
+    stats = {"source": f"mmrec:{inter_path}", **split_stats(interactions, n_users, n_items)}
+    return interactions, users, items, stats
+
+
+def _rows(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as fh:
+        return max(sum(1 for line in fh if line.strip()) - 1, 0)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mmrec-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kcore-dir", required=True, type=Path)
+    parser.add_argument("--text-feat", type=Path)
+    parser.add_argument("--image-feat", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    log = setup_logging(args.log, "mmrec-export")
+
+    def body() -> None:
+        for needed in ("interactions.parquet", "users.parquet", "items.parquet"):
+            if not (args.kcore_dir / needed).is_file():
+                raise StageError(f"{args.kcore_dir / needed}: no such file (not a kcore folder?)")
+        export_mmrec(args.kcore_dir, args.name, args.out_dir, args.text_feat, args.image_feat)
+        log.info("wrote MMRec layout for %s to %s", args.name, args.out_dir)
+
+    return run_stage(body, log)

@@ -1,0 +1,91 @@
+"""MMRec interop: export a kcore folder, import it back (kcore --format mmrec), nothing changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from vlif_pipeline.data import kcore, mmrec
+from vlif_pipeline.io import load_npy, save_npy
+
+
+@pytest.fixture
+def kcore_dir(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    rows = [(f"U{u:02d}", f"B{j:03d}", float(rng.integers(1, 6)), int(rng.integers(10**9, 2 * 10**9)))
+            for u in range(25) for j in range(14) if rng.random() < 0.7]
+    inter = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "rating": pl.Float32,
+                                       "timestamp": pl.Int64}, orient="row")
+    ids = sorted(inter.get_column("item_id").unique().to_list())
+    items = pl.DataFrame({"item_id": ids, "title": [f"title {x}" for x in ids], "has_meta": [True] * len(ids)})
+    inter.write_parquet(tmp_path / "interactions.parquet")
+    items.write_parquet(tmp_path / "items.parquet")
+    assert kcore.main(["--interactions", str(tmp_path / "interactions.parquet"), "--items",
+                       str(tmp_path / "items.parquet"), "--out-dir", str(tmp_path / "kcore")]) == 0
+    return tmp_path / "kcore"
+
+
+def test_round_trip(tmp_path: Path, kcore_dir: Path) -> None:
+    n_items = pl.read_parquet(kcore_dir / "items.parquet").height
+    text = np.random.default_rng(1).standard_normal((n_items, 384)).astype(np.float32)
+    save_npy(tmp_path / "text.npy", text)
+    export = tmp_path / "mmrec"
+    assert mmrec.main(["--kcore-dir", str(kcore_dir), "--text-feat", str(tmp_path / "text.npy"),
+                       "--name", "toy", "--out-dir", str(export)]) == 0
+    header = (export / "toy.inter").read_text().splitlines()[0]
+    assert header == "userID\titemID\trating\ttimestamp\tx_label"
+    assert (export / "i_id_mapping.csv").read_text().splitlines()[:2] == ["asin\titemID", "B000\t0"]
+    assert np.array_equal(load_npy(export / "text_feat.npy"), text)
+    assert not (export / "image_feat.npy").exists()
+
+    back = tmp_path / "back"
+    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(export), "--items", str(tmp_path / "items.parquet"),
+                       "--out-dir", str(back)]) == 0
+    for name in ("interactions", "users"):
+        assert pl.read_parquet(back / f"{name}.parquet").equals(pl.read_parquet(kcore_dir / f"{name}.parquet")), name
+    items = pl.read_parquet(back / "items.parquet")
+    assert items.equals(pl.read_parquet(kcore_dir / "items.parquet"))
+    before = json.loads((kcore_dir / "stats.json").read_text())
+    after = json.loads((back / "stats.json").read_text())
+    for key in ("n_users", "n_items", "n_interactions", "splits", "density"):
+        assert after[key] == before[key], key
+
+
+def test_import_without_mappings_or_meta(tmp_path: Path) -> None:
+    folder = tmp_path / "baby"
+    folder.mkdir()
+    (folder / "baby.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n0\t1\t5\t100\t0\n1\t0\t4\t90\t2\n")
+    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(folder), "--out-dir", str(tmp_path / "k")]) == 0
+    items = pl.read_parquet(tmp_path / "k" / "items.parquet")
+    assert items.get_column("item_id").to_list() == ["0", "1"]
+    assert items.get_column("title").to_list() == ["", ""] and not items.get_column("has_meta").any()
+    assert items.get_column("image_url").is_null().all()
+    assert pl.read_parquet(tmp_path / "k" / "interactions.parquet").get_column("split").to_list() == [0, 2]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("userID\titemID\trating\ttimestamp\tx_label\n0\t1\t5\t100\t7\n", "x_label 7"),
+        ("user\titem\n0\t1\n", "missing column(s) userID, itemID, x_label"),
+        ("userID\titemID\tx_label\nA\t1\t0\n", "column userID must hold integers"),
+    ],
+)
+def test_bad_mmrec_folders(tmp_path: Path, content: str, message: str) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "bad.inter").write_text(content)
+    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(folder), "--out-dir", str(tmp_path / "k"),
+                       "--log", str(tmp_path / "log.txt")]) == 1
+    assert message in (tmp_path / "log.txt").read_text()
+
+
+def test_export_checks_feature_rows(tmp_path: Path, kcore_dir: Path) -> None:
+    save_npy(tmp_path / "img.npy", np.zeros((3, 8), np.float32))
+    assert mmrec.main(["--kcore-dir", str(kcore_dir), "--image-feat", str(tmp_path / "img.npy"), "--name", "toy",
+                       "--out-dir", str(tmp_path / "m"), "--log", str(tmp_path / "log.txt")]) == 1
+    assert "expected (" in (tmp_path / "log.txt").read_text()
