@@ -141,11 +141,64 @@ def table_runs(ds):
 
 
 def ablation_runs(ds):
-    """Table 2 of the paper: image features (with PID fusion), then fusions (with title captions)."""
-    entry = C(ds)["dataset"]
-    variants = ["vlm_plain", "vlm_title"]
-    if entry["format"] == "synthetic" or "image_features" in entry:
+    """Table 2 of the paper: image features (with PID fusion), then fusions (with the main run's features)."""
+    cfg = C(ds)
+    entry = cfg["dataset"]
+    variants = [] if entry["format"] == "mmrec" else ["vlm_plain", "vlm_title"]
+    if entry["format"] in ("synthetic", "mmrec") or "image_features" in entry:
         variants.insert(0, "original")
     runs = [run_id("vlif", v, "pid") for v in variants]
-    runs += [run_id("vlif", "vlm_title", f) for f in ("pooling", "concat", "weighted_concat")]
+    runs += [run_id("vlif", visual_variant(cfg), f) for f in ("pooling", "concat", "weighted_concat")]
     return [f"results/{ds}/runs/{r}/metrics.json" for r in runs]
+
+
+def is_mmrec(ds):
+    return C(ds)["dataset"]["format"] == "mmrec"
+
+
+def mmrec_dir(ds):
+    return C(ds)["dataset"]["path"]
+
+
+def kcore_inputs(w):
+    """An MMRec folder enters here, with its own ids and split; raw datasets come from ingest."""
+    if is_mmrec(w.ds):
+        return {"mmrec": mmrec_dir(w.ds)}
+    return {"interactions": f"results/{w.ds}/interactions.parquet", "item_table": f"results/{w.ds}/items.parquet"}
+
+
+def kcore_args(w, input):
+    if is_mmrec(w.ds):
+        return f"--format mmrec --mmrec-dir {shlex.quote(input.mmrec)}"
+    cfg = C(w.ds)
+    return (
+        f"--interactions {input.interactions} --items {input.item_table} --k {cfg['kcore']}"
+        f" --split {cfg['split']} --seed {cfg['seed']} --missing-meta {cfg['missing_meta']}"
+    )
+
+
+def text_feature_inputs(w):
+    if is_mmrec(w.ds):
+        return {"source": f"{mmrec_dir(w.ds)}/text_feat.npy", "stats": f"results/{w.ds}/kcore/stats.json"}
+    return {"item_table": f"results/{w.ds}/kcore/items.parquet"}
+
+
+def text_feature_args(w, input):
+    """MMRec folders ship their text features; everything else is encoded with the configured model."""
+    if is_mmrec(w.ds):
+        return f"mmrec-features --source {shlex.quote(input.source)} --stats {input.stats}"
+    model = shlex.quote(C(w.ds)["text_encoder"])
+    return f"encode-text --items {input.item_table} --model {model} --cache-dir results/cache/embeddings"
+
+
+def original_feature_inputs(w):
+    if is_mmrec(w.ds):
+        return {"source": f"{mmrec_dir(w.ds)}/image_feat.npy", "stats": f"results/{w.ds}/kcore/stats.json"}
+    return {"features": raw(w.ds, "image_features"), "item_table": f"results/{w.ds}/kcore/items.parquet"}
+
+
+def original_feature_args(w, input):
+    if is_mmrec(w.ds):
+        return f"mmrec-features --source {shlex.quote(input.source)} --stats {input.stats}"
+    report_path = f"results/{w.ds}/features/visual__original.report.json"
+    return f"original-features --features {shlex.quote(input.features)} --items {input.item_table} --report {report_path}"

@@ -49,10 +49,11 @@ rule ingest:
     input:
         reviews=lambda w: raw(w.ds, "reviews"),
         meta=lambda w: raw(w.ds, "meta"),
-        code=code("amazon/ingest.py", "amazon/readers.py", "amazon/text_clean.py"),
+        code=code("amazon/ingest.py", "amazon/readers.py", "amazon/text_clean.py", "amazon/formats.py", "amazon/items.py", "amazon/meta.py", "data/dedup.py"),
     params:
         format=lambda w: {"synthetic": "amazon2014"}.get(C(w.ds)["dataset"]["format"], C(w.ds)["dataset"]["format"]),
         max_bad=lambda w: C(w.ds)["ingest"]["max_bad_fraction"],
+    threads: 4
     log:
         "results/{ds}/logs/ingest.log",
     benchmark:
@@ -62,21 +63,17 @@ rule ingest:
     shell:
         "python -m vlif_pipeline ingest --format {params.format} --reviews {input.reviews:q} --meta {input.meta:q}"
         " --out-interactions {output.interactions} --out-items {output.item_table}"
-        " --report {output.report} --max-bad-fraction {params.max_bad} > {log} 2>&1"
+        " --report {output.report} --max-bad-fraction {params.max_bad} --workers {threads} > {log} 2>&1"
 
 
 rule kcore:
     output:
         **kcore_files("{ds}"),
     input:
-        interactions="results/{ds}/interactions.parquet",
-        item_table="results/{ds}/items.parquet",
-        code=code("data/kcore.py", "data/split.py"),
+        unpack(kcore_inputs),
+        code=code("data/kcore.py", "data/split.py", "data/dedup.py", "data/mmrec.py", "amazon/items.py"),
     params:
-        k=lambda w: C(w.ds)["kcore"],
-        split=lambda w: C(w.ds)["split"],
-        seed=lambda w: C(w.ds)["seed"],
-        missing_meta=lambda w: C(w.ds)["missing_meta"],
+        args=kcore_args,
     log:
         "results/{ds}/logs/kcore.log",
     benchmark:
@@ -84,23 +81,20 @@ rule kcore:
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline kcore --interactions {input.interactions} --items {input.item_table} --k {params.k}"
-        " --split {params.split} --seed {params.seed} --missing-meta {params.missing_meta}"
-        " --out-dir results/{wildcards.ds}/kcore > {log} 2>&1"
+        "python -m vlif_pipeline kcore {params.args} --out-dir results/{wildcards.ds}/kcore > {log} 2>&1"
 
 
 rule original_features:
     output:
-        features="results/{ds}/features/visual__original.npy",
-        report="results/{ds}/features/visual__original.report.json",
+        "results/{ds}/features/visual__original.npy",
     input:
-        features=lambda w: raw(w.ds, "image_features"),
-        item_table="results/{ds}/kcore/items.parquet",
-        code=code("data/image_features.py"),
+        unpack(original_feature_inputs),
+        code=code("data/image_features.py", "data/mmrec.py"),
+    params:
+        args=original_feature_args,
     log:
         "results/{ds}/logs/original_features.log",
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline original-features --features {input.features:q} --items {input.item_table}"
-        " --out {output.features} --report {output.report} > {log} 2>&1"
+        "python -m vlif_pipeline {params.args} --out {output} > {log} 2>&1"

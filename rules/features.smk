@@ -5,11 +5,10 @@ rule encode_text:
     output:
         "results/{ds}/features/text.npy",
     input:
-        item_table="results/{ds}/kcore/items.parquet",
-        code=code("text"),
+        unpack(text_feature_inputs),
+        code=code("text", "data/mmrec.py"),
     params:
-        model=lambda w: C(w.ds)["text_encoder"],
-        cache="results/cache/embeddings",
+        args=text_feature_args,
     threads: 8
     log:
         "results/{ds}/logs/encode_text.log",
@@ -18,8 +17,7 @@ rule encode_text:
     conda:
         CPU_ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m vlif_pipeline encode-text --items {input.item_table} --model {params.model:q}"
-        " --cache-dir {params.cache} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline {params.args} --out {output} > {log} 2>&1"
 
 
 rule encode_captions:

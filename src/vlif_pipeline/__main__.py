@@ -15,6 +15,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "ingest": ("vlif_pipeline.amazon.ingest", "parse raw reviews + meta into interactions/items parquet"),
     "kcore": ("vlif_pipeline.data.kcore", "k-core filter, remap ids, per-user split"),
     "mmrec-export": ("vlif_pipeline.data.mmrec", "export a dataset to MMRec's layout"),
+    "mmrec-features": ("vlif_pipeline.data.mmrec", "take an MMRec folder's feature file as is"),
     "original-features": ("vlif_pipeline.data.image_features", "stream 2014 CNN features into a .npy"),
     "images": ("vlif_pipeline.vision.images", "fetch product images into the cache, write the manifest"),
     "build-tiny-vlm": ("vlif_pipeline.vision.tiny_model", "build a tiny random Qwen2.5-VL locally"),
@@ -28,6 +29,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("vlif_pipeline.report.cli", "metrics.json, table.md and ablation.md"),
 }
 
+ENTRY_POINTS = {"mmrec-features": "features_main"}
+"""Stages whose module serves two stages name their second function here (default: `main`)."""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to ``<module>.main(rest_of_argv)``."""
@@ -38,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m vlif_pipeline <stage> [args]\n\nstages:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     module = importlib.import_module(STAGES[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    entry = getattr(module, ENTRY_POINTS.get(argv[0], "main"))
+    return int(entry(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

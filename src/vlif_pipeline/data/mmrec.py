@@ -12,6 +12,7 @@ then evaluated on exactly their published split); it is ``kcore --format mmrec -
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -156,5 +157,27 @@ def main(argv: list[str]) -> int:
                 raise StageError(f"{args.kcore_dir / needed}: no such file (not a kcore folder?)")
         export_mmrec(args.kcore_dir, args.name, args.out_dir, args.text_feat, args.image_feat)
         log.info("wrote MMRec layout for %s to %s", args.name, args.out_dir)
+
+    return run_stage(body, log)
+
+
+def features_main(argv: list[str]) -> int:
+    """`mmrec-features`: an MMRec folder's feature file becomes a pipeline feature file.
+
+    MMRec rows are already in itemID order, which `kcore --format mmrec` keeps as `i`, so this is
+    a checked copy (row count against `stats.json`, float32), not a re-encoding.
+    """
+    parser = argparse.ArgumentParser(prog="mmrec-features", description=features_main.__doc__)
+    parser.add_argument("--source", required=True, type=Path, help="text_feat.npy or image_feat.npy")
+    parser.add_argument("--stats", required=True, type=Path, help="kcore/stats.json (n_items)")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    log = setup_logging(args.log, "mmrec-features")
+
+    def body() -> None:
+        n_items = int(json.loads(args.stats.read_text())["n_items"])
+        _copy_features(args.source, args.out, n_items)
+        log.info("copied %s -> %s (%d items)", args.source, args.out, n_items)
 
     return run_stage(body, log)
