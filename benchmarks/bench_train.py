@@ -1,0 +1,161 @@
+"""Seconds per training epoch (BPR, LightGCN, FREEDOM, VLIF) and per full-ranking evaluation.
+
+Builds a synthetic dataset of Baby's shape in memory (19,445 users, 7,050 items, 160,792
+interactions, 384-d text and visual features; graphs from the pipeline's own builders), then times
+the trainer's epoch loop per model and one full evaluation of the validation split.
+
+    flock /tmp/vlif-bench.lock python benchmarks/bench_train.py --out bench_train.json
+    python3 benchmarks/bench_train.py --device cuda        # writes $OUT/bench_train.json when OUT is set
+
+Needs numpy, scipy and torch only (no polars), so it runs on the GPU machine's bare Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from vlif_pipeline.models import build_model  # noqa: E402
+from vlif_pipeline.training.data import TrainData, resolve_device  # noqa: E402
+from vlif_pipeline.training.evaluator import Evaluator  # noqa: E402
+from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
+from vlif_pipeline.training.synthetic import make_synthetic, to_train_data  # noqa: E402
+from vlif_pipeline.training.trainer import train_epoch  # noqa: E402
+
+BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_epochs(name: str, data: TrainData, batch_size: int, epochs: int, warmup: int) -> dict[str, Any]:
+    """Median seconds of ``epochs`` timed epochs after ``warmup`` untimed ones (fresh model, seed 0)."""
+    torch.manual_seed(0)
+    try:
+        model = build_model(name, data, {})
+    except (ImportError, ValueError) as err:
+        return {"skipped": f"{type(err).__name__}: {err}"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    sampler = TripleSampler(data.train, seed=0)
+    times, cpu_times = [], []
+    for epoch in range(1, warmup + epochs + 1):
+        sync(data.device)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        train_epoch(model, optimizer, sampler, epoch, batch_size)
+        sync(data.device)
+        if epoch > warmup:
+            times.append(time.perf_counter() - started)
+            cpu_times.append(time.process_time() - cpu_started)
+    return {
+        "epoch_seconds": statistics.median(times),
+        "all_seconds": times,
+        "epoch_cpu_seconds": statistics.median(cpu_times),
+        "model": model,
+    }
+
+
+def time_evaluation(model: torch.nn.Module, evaluator: Evaluator, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and process-CPU seconds of full evaluation passes (prepare_eval + scoring + top-k + metrics)."""
+    times, cpu_times = [], []
+    for _ in range(repeats + 1):
+        sync(evaluator.device)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        evaluator.evaluate(model)
+        sync(evaluator.device)
+        times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
+    return times[1:], cpu_times[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--models", default="bpr,lightgcn,freedom,vlif")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per model (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--eval-repeats", type=int, default=5)
+    parser.add_argument("--eval-batch-size", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink the dataset (quick checks only)")
+    parser.add_argument("--out", help="JSON results path (default $OUT/bench_train.json when OUT is set)")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    shape = {key: max(int(value * args.scale), 50) for key, value in BABY.items()}
+
+    started = time.perf_counter()
+    synthetic = make_synthetic(**shape, seed=0)
+    data = to_train_data(synthetic, device)
+    build_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    evaluator = Evaluator(data.train, data.valid, device, args.eval_batch_size)
+    evaluator_setup = time.perf_counter() - started
+
+    results: dict[str, Any] = {
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+        ),
+        "torch": torch.__version__,
+        "dataset": {
+            **shape, "n_train": int(data.train.nnz), "n_valid": int(data.valid.nnz), "seconds_to_build": build_seconds
+        },
+        "batch_size": args.batch_size,
+        "models": {},
+    }
+    rows = []
+    eval_model = None
+    for name in args.models.split(","):
+        timing = time_epochs(name, data, args.batch_size, args.epochs, args.warmup)
+        model = timing.pop("model", None)
+        if name == "lightgcn":
+            eval_model = model
+        results["models"][name] = timing
+        if "epoch_seconds" in timing:
+            rows.append((name, f"{timing['epoch_seconds']:.3f}", f"{timing['epoch_cpu_seconds']:.3f}"))
+        else:
+            rows.append((name, timing["skipped"], ""))
+    if eval_model is None:
+        torch.manual_seed(0)
+        eval_model = build_model("lightgcn", data, {})
+    eval_times, eval_cpu = time_evaluation(eval_model, evaluator, args.eval_repeats)
+    results["evaluation"] = {
+        "model": "lightgcn",
+        "users": evaluator.n_users,
+        "seconds": statistics.median(eval_times),
+        "all_seconds": eval_times,
+        "cpu_seconds": statistics.median(eval_cpu),
+        "setup_seconds": evaluator_setup,
+    }
+    eval_row = (f"{statistics.median(eval_times):.3f}", f"{statistics.median(eval_cpu):.3f}")
+    rows.append(("evaluation (valid, lightgcn)", *eval_row))
+
+    print(f"device: {results['device_name']}, torch {torch.__version__}, dataset {results['dataset']}")
+    header = "seconds per epoch / per evaluation"
+    width = max(len(header), *(len(r[0]) for r in rows))
+    print(f"{header.ljust(width)}  wall    process CPU")
+    for what, wall, cpu in rows:
+        print(f"{what.ljust(width)}  {wall.ljust(6)}  {cpu}")
+    out = args.out or (str(Path(os.environ["OUT"]) / "bench_train.json") if os.environ.get("OUT") else None)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

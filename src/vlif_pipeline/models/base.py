@@ -1,0 +1,66 @@
+"""The interface every recommender implements, so one trainer and one evaluator serve them all."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from vlif_pipeline.training.data import TrainData
+
+
+class Recommender(torch.nn.Module):
+    """Base class: BPR-style training on (user, positive, negative) triples and full-ranking scores.
+
+    Subclasses declare their hyperparameters with defaults in ``DEFAULTS``; the constructor merges
+    the given ``params`` over them (a key the model does not know is an error, never ignored) into
+    ``self.hparams``. ``trainable = False`` marks models without parameters (evaluated once).
+    """
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
+        super().__init__()
+        unknown = sorted(set(params) - set(self.DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: unknown parameter(s) {unknown}; known: {sorted(self.DEFAULTS)}"
+            )
+        self.hparams: dict[str, Any] = {**self.DEFAULTS, **params}
+        self.n_users = data.n_users
+        self.n_items = data.n_items
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss parts for a batch of triples, each (B,) int64: key ``loss`` is the total to minimise."""
+        raise NotImplementedError
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores (B, I) of every item for users (B,), a fresh tensor the evaluator masks in place."""
+        raise NotImplementedError
+
+    def prepare_eval(self) -> None:
+        """Cache whatever scoring needs (propagated embeddings); called under no_grad before evaluating."""
+
+    def start_epoch(self) -> None:
+        """Per-epoch work before training batches (e.g. resampling a pruned graph)."""
+
+
+def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:
+    """Mean of -log sigmoid(pos - neg) over the batch; inputs (B,)."""
+    return F.softplus(neg_scores - pos_scores).mean()
+
+
+def l2_penalty(*embeddings: torch.Tensor) -> torch.Tensor:
+    """Half the squared L2 norm of the batch's embeddings, divided by the batch size (B = rows of the first)."""
+    total = sum(emb.pow(2).sum() for emb in embeddings)
+    return 0.5 * total / embeddings[0].shape[0]
+
+
+def xavier_embedding(n: int, dim: int) -> torch.nn.Embedding:
+    """An (n, dim) embedding table with Xavier-uniform initialisation (the models' common init)."""
+    table = torch.nn.Embedding(n, dim)
+    torch.nn.init.xavier_uniform_(table.weight)
+    return table

@@ -1,0 +1,118 @@
+"""FREEDOM (Zhou & Shen, ACM MM 2023): a frozen item-item graph and a denoised user-item graph.
+
+Following the paper's description:
+- the item-item kNN graph built from the modalities' features is computed once and FROZEN (here
+  the pipeline's ``item_knn`` file); item ID embeddings are propagated over it (``n_item_layers``)
+  and added to the items' user-item graph embeddings;
+- the user-item graph is DENOISED by degree-sensitive edge pruning: at the start of every epoch a
+  fraction ``edge_drop`` of the training edges is removed, sampling the kept edges without
+  replacement with probability proportional to 1/sqrt(d_u d_i) (edges between popular nodes are
+  pruned more often), and the kept graph is renormalised; evaluation uses the full graph;
+- user and item ID embeddings go through LightGCN-style propagation (mean over layers);
+- each modality's features are projected to d by a linear layer and trained with an auxiliary
+  BPR loss against the user embeddings (weight ``modality_weight``); scores use IDs only. The
+  projection has no bias: a bias adds the same u . b to positive and negative and cancels in BPR.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from vlif_pipeline.models.base import Recommender, bpr_loss, l2_penalty, xavier_embedding
+from vlif_pipeline.models.propagation import bipartite_adjacency, layer_mean_rows, propagate, transpose
+
+if TYPE_CHECKING:
+    from vlif_pipeline.training.data import TrainData
+
+
+class FREEDOM(Recommender):
+    """Scores z_u . (z_i + h_i) with z from the (pruned) user-item graph, h from the item graph."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "embedding_dim": 64,
+        "n_layers": 2,
+        "n_item_layers": 1,
+        "edge_drop": 0.8,
+        "modality_weight": 1e-4,
+        "reg_weight": 0.0,
+    }
+
+    def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
+        super().__init__(data, params)
+        if data.item_knn is None:
+            raise ValueError("FREEDOM needs the item-item kNN graph (--item-knn)")
+        features = [f for f in (data.text, data.visual) if f is not None]
+        if not features:
+            raise ValueError("FREEDOM needs at least one modality's features (--text or --visual)")
+        if not 0.0 <= float(self.hparams["edge_drop"]) < 1.0:
+            raise ValueError(f"FREEDOM: edge_drop must be in [0, 1), got {self.hparams['edge_drop']}")
+        dim = int(self.hparams["embedding_dim"])
+        self.n_layers = int(self.hparams["n_layers"])
+        self.n_item_layers = int(self.hparams["n_item_layers"])
+        self.embedding = xavier_embedding(data.n_users + data.n_items, dim)
+        self.features = features
+        self.projections = torch.nn.ModuleList(torch.nn.Linear(f.shape[1], dim, bias=False) for f in features)
+        for layer in self.projections:
+            torch.nn.init.xavier_uniform_(layer.weight)
+        self.item_graph = data.item_knn
+        self.item_graph_t = transpose(data.item_knn)
+        self.full_adj = data.user_item
+        coo = data.train.tocoo()
+        self.edge_users = torch.from_numpy(coo.row.astype(np.int64)).to(data.device)
+        self.edge_items = torch.from_numpy(coo.col.astype(np.int64)).to(data.device)
+        user_degree = torch.bincount(self.edge_users, minlength=data.n_users).float()
+        item_degree = torch.bincount(self.edge_items, minlength=data.n_items).float()
+        self.edge_weight = (user_degree[self.edge_users] * item_degree[self.edge_items]).rsqrt()
+        self.train_adj = self.full_adj
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def start_epoch(self) -> None:
+        """Resample the pruned training graph (degree-sensitive, without replacement)."""
+        keep = int(round(self.edge_users.numel() * (1.0 - float(self.hparams["edge_drop"]))))
+        if keep >= self.edge_users.numel():
+            self.train_adj = self.full_adj
+            return
+        kept = torch.multinomial(self.edge_weight, keep, replacement=False)
+        self.train_adj = bipartite_adjacency(self.edge_users[kept], self.edge_items[kept], self.n_users, self.n_items)
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        self._cache = None
+        batch = users.shape[0]
+        nodes = torch.cat([users, pos + self.n_users, neg + self.n_users])
+        graph = layer_mean_rows(self.train_adj, self.embedding.weight, self.n_layers, nodes, self.train_adj)
+        item_side = self._item_side()
+        u, p, n = graph.split(batch)
+        p, n = p + item_side[pos], n + item_side[neg]
+        bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
+        modality = sum(
+            bpr_loss((query * feat[pos]).sum(1), (query * feat[neg]).sum(1))
+            for query, feat in zip(self._feature_queries(u), self.features, strict=True)
+        )
+        reg = self.hparams["reg_weight"] * l2_penalty(*self.embedding(nodes).split(batch))
+        total = bpr + self.hparams["modality_weight"] * modality + reg
+        return {"loss": total, "bpr": bpr, "modality": modality, "reg": reg}
+
+    def _feature_queries(self, users: torch.Tensor) -> list[torch.Tensor]:
+        """u W_m per modality, (B, D_m): u . (W_m f) = (u W_m) . f, one product per batch instead of two."""
+        return [users @ proj.weight for proj in self.projections]
+
+    def _item_side(self) -> torch.Tensor:
+        """Item ID embeddings propagated over the frozen item-item graph: (I, d)."""
+        items = self.embedding.weight[self.n_users :]
+        return propagate(self.item_graph, items, self.n_item_layers, self.item_graph_t)[-1]
+
+    def _embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user (U, d) and item (I, d) embeddings on the full user-item graph."""
+        graph = torch.stack(propagate(self.full_adj, self.embedding.weight, self.n_layers, self.full_adj)).mean(0)
+        users, items = graph.split([self.n_users, self.n_items])
+        return users, items + self._item_side()
+
+    def prepare_eval(self) -> None:
+        self._cache = self._embeddings()
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        user_emb, item_emb = self._cache if self._cache is not None else self._embeddings()
+        return user_emb[users] @ item_emb.T

@@ -1,0 +1,28 @@
+"""Most-popular baseline: every user gets the items ranked by their training interaction count."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from vlif_pipeline.models.base import Recommender
+
+if TYPE_CHECKING:
+    from vlif_pipeline.training.data import TrainData
+
+
+class Popularity(Recommender):
+    """No parameters: scores (B, I) are the item counts in the train split, the same for every user."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    trainable: ClassVar[bool] = False
+
+    def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
+        super().__init__(data, params)
+        counts = np.asarray(data.train.sum(axis=0), dtype=np.float32).ravel()
+        self.register_buffer("counts", torch.from_numpy(counts).to(data.device))
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        return self.counts.repeat(users.shape[0], 1)

@@ -1,0 +1,94 @@
+"""Full-ranking evaluation: every item scored for every evaluated user, training items masked.
+
+All index work is prepared once per split (the per-batch masks and relevant-item keys as device
+tensors), so an evaluation pass is score -> mask -> top-k -> lookup per batch, no Python per user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from vlif_pipeline.models.base import Recommender
+from vlif_pipeline.training.metrics import KS, metric_keys, ranking_metrics
+
+
+@dataclass
+class _Batch:
+    users: torch.Tensor  # (B,) int64
+    mask_rows: torch.Tensor  # (M,) int64, local row of each masked (user, item)
+    mask_cols: torch.Tensor  # (M,) int64
+    target_keys: torch.Tensor  # (T,) int64 sorted, local_row * n_items + item
+    n_relevant: torch.Tensor  # (B,) int64
+
+
+class Evaluator:
+    """Evaluates a model on one split (``target``), masking the items of ``mask`` (the train split).
+
+    Users with no target item, or with no training item (never seen in training), are skipped;
+    metrics are averaged over the remaining users.
+    """
+
+    def __init__(
+        self,
+        mask: sp.csr_matrix,
+        target: sp.csr_matrix,
+        device: torch.device,
+        batch_size: int = 4096,
+        ks: tuple[int, ...] = KS,
+    ) -> None:
+        self.n_items = target.shape[1]
+        self.ks = ks
+        self.device = device
+        users = np.flatnonzero((target.getnnz(axis=1) > 0) & (mask.getnnz(axis=1) > 0))
+        self.n_users = int(users.size)
+        self.batches = [
+            self._prepare(users[start : start + batch_size], mask, target) for start in range(0, users.size, batch_size)
+        ]
+
+    def _prepare(self, users: np.ndarray, mask: sp.csr_matrix, target: sp.csr_matrix) -> _Batch:
+        def coords(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+            sub = matrix[users]
+            rows = np.repeat(np.arange(users.size, dtype=np.int64), np.diff(sub.indptr))
+            return rows, sub.indices.astype(np.int64)
+
+        mask_rows, mask_cols = coords(mask)
+        target_rows, target_cols = coords(target)
+        keys = np.sort(target_rows * self.n_items + target_cols)
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64)).to(self.device)
+
+        return _Batch(
+            users=tensor(users),
+            mask_rows=tensor(mask_rows),
+            mask_cols=tensor(mask_cols),
+            target_keys=tensor(keys),
+            n_relevant=tensor(np.bincount(target_rows, minlength=users.size)),
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: Recommender) -> dict[str, float]:
+        """Mean of every metric in ``metric_keys(ks)`` over the evaluated users."""
+        was_training = model.training
+        model.eval()
+        model.prepare_eval()
+        width = min(max(self.ks), self.n_items)
+        totals = {key: torch.zeros((), dtype=torch.float64, device=self.device) for key in metric_keys(self.ks)}
+        for batch in self.batches:
+            scores = model.score_users(batch.users)
+            scores[batch.mask_rows, batch.mask_cols] = float("-inf")
+            top_scores, top_items = torch.topk(scores, width, dim=1)
+            local = torch.arange(batch.users.numel(), device=self.device).unsqueeze(1)
+            queries = local * self.n_items + top_items
+            where = torch.searchsorted(batch.target_keys, queries).clamp_(max=batch.target_keys.numel() - 1)
+            hits = (batch.target_keys[where] == queries) & (top_scores > float("-inf"))
+            if width < max(self.ks):
+                hits = torch.nn.functional.pad(hits, (0, max(self.ks) - width))
+            for key, values in ranking_metrics(hits, batch.n_relevant, self.ks).items():
+                totals[key] += values.sum()
+        model.train(was_training)
+        return {key: float(total) / max(self.n_users, 1) for key, total in totals.items()}

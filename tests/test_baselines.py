@@ -1,0 +1,162 @@
+"""Propagation routines and the baseline models (popularity, BPR, LightGCN, FREEDOM)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from vlif_pipeline.graphs.user_item import normalised_adjacency
+from vlif_pipeline.models import build_model, model_class
+from vlif_pipeline.models.propagation import (
+    bipartite_adjacency,
+    layer_mean_rows,
+    propagate,
+    propagate_rows,
+    spmm,
+    to_torch_sparse,
+    transpose,
+)
+from vlif_pipeline.training.data import TrainData
+from vlif_pipeline.training.evaluator import Evaluator
+from vlif_pipeline.training.sampler import TripleSampler
+from vlif_pipeline.training.synthetic import make_synthetic, to_train_data
+from vlif_pipeline.training.trainer import train_epoch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def data() -> TrainData:
+    return to_train_data(make_synthetic(300, 120, 3000, dim_text=16, dim_visual=16, seed=5), k=5)
+
+
+def random_sparse(n: int, m: int, seed: int) -> sp.csr_matrix:
+    return sp.random(n, m, density=0.2, format="csr", dtype=np.float32, random_state=seed)
+
+
+def test_transpose_and_propagate_match_dense() -> None:
+    a = random_sparse(30, 30, 0)
+    adj = to_torch_sparse(a)
+    dense = torch.from_numpy(a.toarray())
+    assert torch.equal(transpose(adj).to_dense(), dense.T)
+    x = torch.randn(30, 4)
+    layers = propagate(adj, x, 2)
+    assert len(layers) == 3
+    torch.testing.assert_close(layers[2], dense @ dense @ x)
+    index = torch.tensor([3, 0, 3])
+    for got, want in zip(propagate_rows(adj, x, 2, index), layers, strict=True):
+        torch.testing.assert_close(got, want[index])
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_spmm_gradient_matches_dense_autograd(symmetric: bool) -> None:
+    a = random_sparse(25, 25, 1)
+    if symmetric:
+        a = (a + a.T).tocsr()
+    adj = to_torch_sparse(a)
+    dense = torch.from_numpy(a.toarray())
+    weights = torch.randn(25, 3)
+    x1 = torch.randn(25, 3, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    (spmm(adj, spmm(adj, x1, adj if symmetric else None)) * weights).sum().backward()
+    (dense @ (dense @ x2) * weights).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_bipartite_adjacency_equals_the_graph_stage() -> None:
+    train = sp.csr_matrix(random_sparse(12, 9, 2) > 0, dtype=np.float32)
+    coo = train.tocoo()
+    users, items = torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
+    ours = bipartite_adjacency(users, items, 12, 9)
+    np.testing.assert_allclose(ours.to_dense().numpy(), normalised_adjacency(train).toarray(), rtol=1e-6)
+
+
+def test_registry() -> None:
+    assert model_class("lightgcn").__name__ == "LightGCN"
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        model_class("nope")
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn", "freedom"])
+def test_loss_parts_gradients_and_scores(data: TrainData, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, data, {})
+    model.start_epoch()
+    users, pos, neg = (torch.from_numpy(a[:64]) for a in TripleSampler(data.train, 0).epoch(1))
+    parts = model.loss(users, pos, neg)
+    assert "loss" in parts and all(v.dim() == 0 and torch.isfinite(v) for v in parts.values())
+    parts["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        model.prepare_eval()
+        assert model.score_users(torch.arange(5)).shape == (5, data.n_items)
+
+
+def test_unknown_hyperparameter_is_an_error(data: TrainData) -> None:
+    with pytest.raises(ValueError, match="unknown parameter"):
+        build_model("bpr", data, {"n_layers": 3})
+
+
+def test_popularity_ranks_by_train_counts(data: TrainData) -> None:
+    model = build_model("popularity", data, {})
+    counts = np.asarray(data.train.sum(axis=0)).ravel()
+    scores = model.score_users(torch.tensor([0, 1]))
+    assert scores.shape == (2, data.n_items)
+    assert int(scores[1].argmax()) == int(counts.argmax())
+    assert not model.trainable and not list(model.parameters())
+
+
+def test_freedom_needs_the_item_graph(data: TrainData) -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="item-knn"):
+        build_model("freedom", replace(data, item_knn=None), {})
+
+
+def test_freedom_prunes_degree_sensitively(data: TrainData) -> None:
+    torch.manual_seed(0)
+    model = build_model("freedom", data, {"edge_drop": 0.5})
+    n_edges = data.train.nnz
+    kept_weight = torch.zeros(n_edges)
+    for _ in range(30):
+        model.start_epoch()
+        adj = model.train_adj
+        assert adj._nnz() == 2 * round(n_edges * 0.5)
+        torch.testing.assert_close(adj.to_dense(), adj.to_dense().T)
+        dense = adj.to_dense()
+        kept = dense[model.edge_users, model.edge_items + data.n_users] > 0
+        kept_weight += kept.float()
+    rare = model.edge_weight > model.edge_weight.median()  # edges between low-degree nodes
+    assert kept_weight[rare].mean() > kept_weight[~rare].mean()
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn", "freedom"])
+def test_training_learns_the_planted_structure(data: TrainData, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, data, {})
+    evaluator = Evaluator(data.train, data.valid, data.device)
+    before = evaluator.evaluate(model)["recall@20"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, fused=True)
+    sampler = TripleSampler(data.train, 0)
+    for epoch in range(1, 16):
+        train_epoch(model, optimizer, sampler, epoch, 256)
+    after = evaluator.evaluate(model)["recall@20"]
+    assert after > before + 0.05, (before, after)
+
+
+def test_layer_mean_rows_matches_autograd_through_propagate() -> None:
+    a = random_sparse(20, 20, 4)
+    a = (a + a.T).tocsr()
+    adj = to_torch_sparse(a)
+    index = torch.tensor([0, 5, 5, 19, 3])
+    weights = torch.randn(5, 3)
+    x1 = torch.randn(20, 3, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    got = layer_mean_rows(adj, x1, 2, index, adj)
+    want = torch.stack(propagate(adj, x2, 2)).mean(0)[index]
+    torch.testing.assert_close(got, want)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
