@@ -28,5 +28,5 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} python -m vlif_pipeline train --model {params.model}"
         " --kcore-dir results/{wildcards.ds}/kcore --user-item {input.user_item} {params.optional}"
-        " --params-json {params.json} --device {params.device}"
+        " --params-json {params.json} --device {params.device} --threads {threads}"
         " --out-dir results/{wildcards.ds}/runs/{wildcards.run} > {log} 2>&1"

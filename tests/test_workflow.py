@@ -81,3 +81,34 @@ def test_content_models_beat_id_models_on_demo(demo: Path) -> None:
         recall[run] = json.loads((demo / f"results/demo/runs/{run}/metrics.json").read_text())["test"]["recall@20"]
     assert recall["vlif__vlm_title__pid"] > recall["lightgcn"] > recall["bpr"] > recall["popularity"], recall
     assert "VLIF" in (demo / "results/demo/table.md").read_text()
+
+
+def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
+    """An MMRec-layout export of the demo, used as a dataset, gives back the same split and features."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import polars as pl
+
+    assert snakemake(demo, "--cores", "2", "results/demo/features/visual__original.npy").returncode == 0
+    export = subprocess.run(
+        [sys.executable, "-m", "vlif_pipeline", "mmrec-export", "--kcore-dir", "results/demo/kcore",
+         "--text-feat", "results/demo/features/text.npy", "--image-feat", "results/demo/features/visual__original.npy",
+         "--name", "demo", "--out-dir", "mmrec_demo"],
+        cwd=demo, capture_output=True, text=True,
+    )
+    assert export.returncode == 0, export.stderr
+    extra = write_config(demo, "mm.yaml", "datasets:\n  mm:\n    format: mmrec\n    path: mmrec_demo\n    train:\n      visual: original\n")
+    args = ("--configfile", "config/config.yaml", extra, "--")
+    jobs = planned_jobs(snakemake(demo, "-n", *args, "results/mm/metrics.json"))
+    assert {"kcore", "encode_text", "original_features", "train", "report_metrics"} <= set(jobs)
+    assert not {"ingest", "images", "caption", "demo"} & set(jobs)
+    result = snakemake(demo, "--cores", "2", *args, "results/mm/graphs/item_knn__original__k10.npz")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    cols = ["u", "i", "split"]
+    ours = pl.read_parquet(demo / "results/demo/kcore/interactions.parquet").select(cols).sort(cols)
+    theirs = pl.read_parquet(demo / "results/mm/kcore/interactions.parquet").select(cols).sort(cols)
+    assert ours.equals(theirs)
+    for name in ("text.npy", "visual__original.npy"):
+        np.testing.assert_array_equal(np.load(demo / "results/demo/features" / name), np.load(demo / "results/mm/features" / name))
