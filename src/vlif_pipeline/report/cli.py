@@ -86,9 +86,9 @@ def build_metrics(
     notes = []
     if config["vlm"]["model"] == TINY_VLM and config["train"]["visual"] == "vlm":
         notes.append(
-            "captions come from a tiny randomly initialised Qwen2.5-VL built offline: they carry no "
-            "visual information; the visual modality here is title + noise. Use train.visual=original "
-            "(CNN features) or a real VLM for meaningful visual signal."
+            "captions are NOT meaningful: they come from a tiny randomly initialised Qwen2.5-VL built "
+            "offline, so the visual modality here is the title plus noise. Use train.visual=original "
+            "(CNN features) or a real VLM for a meaningful visual signal."
         )
     result = {
         "dataset": dataset,

@@ -1,0 +1,164 @@
+"""The information-aware fusion of VLIF (paper section 2.3): synergy, redundancy, unique vision.
+
+Every module here maps each node's own inputs to that node's outputs, with no interaction between
+nodes; VLIF relies on this to run them only for the nodes a training batch needs. Shapes use n for
+the number of nodes, d for the embedding width and T = L + 1 for the per-layer tokens of a modality.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Multi-head scaled dot-product attention of ONE query per sequence over its T keys.
+
+    query (*, d), keys and values (*, T, d), broadcast over the leading dims; returns (*, d). Written
+    with broadcast products rather than batched matmuls: with T = 3 and a few thousand sequences, a
+    bmm per (sequence, head) would be all overhead.
+    """
+    head_dim = query.shape[-1] // n_heads
+    q = query.unflatten(-1, (n_heads, head_dim)).unsqueeze(-3)  # (*, 1, H, c)
+    k = keys.unflatten(-1, (n_heads, head_dim))  # (*, T, H, c)
+    v = values.unflatten(-1, (n_heads, head_dim))
+    weights = torch.softmax((q * k).sum(-1) / math.sqrt(head_dim), dim=-2)  # (*, T, H)
+    return (weights.unsqueeze(-1) * v).sum(-3).flatten(-2)
+
+
+class _PreNormBlock(nn.Module):
+    """Shared parts of a pre-LN transformer block with LayerScale gains on both residual branches.
+
+    The residual stream carries graph embeddings of norm ~1, while a LayerNorm'd vector has norm
+    ~sqrt(d); gains initialised at ``layer_scale`` keep the branches' first updates on the stream's
+    scale, so the fused parts start comparable to t and v' (see docs/model.md).
+    """
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"embedding_dim {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.norm_attn = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, dim))
+        self.gain_attn = nn.Parameter(torch.full((dim,), layer_scale))
+        self.gain_ffn = nn.Parameter(torch.full((dim,), layer_scale))
+
+    def finish(self, stream: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Attention residual then feed-forward residual; stream and attended (*, d) -> (*, d)."""
+        x = stream + self.gain_attn * self.out(attended)
+        return x + self.gain_ffn * self.ffn(self.norm_ffn(x))
+
+
+class CrossModalBlock(_PreNormBlock):
+    """One cross-modal transformer block: a node's query attends over the node's tokens of the other modality.
+
+    query (n, d) is both the attention query and the residual stream; tokens (n, T, d); returns (n, d).
+    """
+
+    def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        q = self.query(self.norm_attn(query))
+        keys, values = self.key_value(self.norm_attn(tokens)).chunk(2, dim=-1)
+        return self.finish(query, attend(q, keys, values, self.n_heads))
+
+
+class SynergyEstimator(nn.Module):
+    """Cross-modal synergy estimation (eqs. 7-8): s = (h_{v->t} + h_{t->v}) / 2.
+
+    h_{v->t}: the node's aggregated vision embedding queries its T text tokens (the per-layer
+    user-item graph outputs), and symmetrically for h_{t->v}; each direction has its own block.
+    """
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float) -> None:
+        super().__init__()
+        self.vision_to_text = CrossModalBlock(dim, n_heads, ffn_dim, layer_scale)
+        self.text_to_vision = CrossModalBlock(dim, n_heads, ffn_dim, layer_scale)
+
+    def forward(
+        self, v: torch.Tensor, t: torch.Tensor, v_tokens: torch.Tensor, t_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """v, t (n, d); v_tokens, t_tokens (n, T, d) -> s, h_{v->t}, h_{t->v}, each (n, d)."""
+        h_vt = self.vision_to_text(v, t_tokens)
+        h_tv = self.text_to_vision(t, v_tokens)
+        return (h_vt + h_tv) / 2, h_vt, h_tv
+
+
+class RedundancyEncoder(_PreNormBlock):
+    """Transformer-based redundancy estimation (eqs. 9-11): h, h_v, h_t and r = their mean.
+
+    The shared encoder F is one pre-LN transformer encoder layer over [CLS, vision, text] (modality
+    embeddings mark the two positions; MASK_v and MASK_t, learned, replace a removed modality),
+    read out at CLS; g is a linear projection. With a single layer, the outputs at the other two
+    positions never reach CLS, so only CLS's row is computed. Keys and values of the real tokens are
+    the same in all three variants and those of CLS and the masks are the same for every node, so
+    each is projected once, and each variant's attention weights CLS's, a vision and a text value
+    without materialising (3, n, 3, d) sequences.
+    """
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float) -> None:
+        super().__init__(dim, n_heads, ffn_dim, layer_scale)
+        self.cls = nn.Parameter(torch.empty(1, dim))
+        self.masks = nn.Parameter(torch.empty(2, dim))  # MASK_v, MASK_t
+        self.modality = nn.Parameter(torch.empty(2, dim))  # vision position, text position
+        self.project = nn.Linear(dim, dim)
+        for table in (self.cls, self.masks, self.modality):
+            nn.init.xavier_uniform_(table)
+
+    def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v, t (n, d) -> stacked (3, n, d): h = g(F([v, t])), h_v = g(F([v, MASK_t])), h_t = g(F([MASK_v, t]))."""
+        n, dim = v.shape
+        heads = (self.n_heads, dim // self.n_heads)
+        query = self.query(self.norm_attn(self.cls)).view(heads)  # (H, c)
+        real = self.norm_attn(torch.stack([v, t], dim=1) + self.modality)  # (n, 2, d): vision, text
+        fixed = self.norm_attn(torch.cat([self.cls, self.masks + self.modality]))  # (3, d): CLS, MASK_v, MASK_t
+        real_keys, real_values = self.key_value(real).unflatten(-1, (2, *heads)).unbind(-3)  # (n, 2, H, c)
+        fixed_keys, fixed_values = self.key_value(fixed).unflatten(-1, (2, *heads)).unbind(-3)  # (3, H, c)
+        scale = heads[1] ** -0.5
+        real_scores = (real_keys * query).sum(-1) * scale  # (n, 2, H)
+        fixed_scores = ((fixed_keys * query).sum(-1) * scale).unsqueeze(1).expand(3, n, heads[0])  # (3, n, H)
+        attended = []
+        for vision_real, text_real in ((True, True), (True, False), (False, True)):
+            scores = torch.stack(
+                [
+                    fixed_scores[0],
+                    real_scores[:, 0] if vision_real else fixed_scores[1],
+                    real_scores[:, 1] if text_real else fixed_scores[2],
+                ],
+                dim=1,
+            )  # (n, 3, H)
+            weights = torch.softmax(scores, dim=1).unsqueeze(-1)  # (n, 3, H, 1)
+            mixed = (
+                weights[:, 0] * fixed_values[0]
+                + weights[:, 1] * (real_values[:, 0] if vision_real else fixed_values[1])
+                + weights[:, 2] * (real_values[:, 1] if text_real else fixed_values[2])
+            )  # (n, H, c)
+            attended.append(mixed.flatten(1))
+        return self.project(self.finish(self.cls, torch.stack(attended)))
+
+
+def remove_component(x: torch.Tensor, r: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """x - (x.r / |r|^2) r row by row (eq. 12): the part of x orthogonal to r; x, r (n, d) -> (n, d)."""
+    coef = (x * r).sum(-1, keepdim=True) / (r * r).sum(-1, keepdim=True).clamp_min(eps)
+    return x - coef * r
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE on cosine similarity: row k of a and of b are positives, other rows negatives.
+
+    a, b (n, d) -> scalar; the mean of the a->b and b->a cross-entropies. Cosines are at most 1, so
+    exp((cos - 1) / temperature) lies in [exp(-2 / temperature), 1]: one exponential of the (n, n)
+    logits serves the row and the column log-sum-exp, with neither overflow nor (for temperature
+    >= 0.025) underflow.
+    """
+    a = F.normalize(a, dim=-1)
+    b = F.normalize(b, dim=-1)
+    shifted = torch.exp((a @ b.T - 1) / temperature)  # (n, n)
+    positives = ((a * b).sum(-1) - 1) / temperature  # (n,), the shifted diagonal logits
+    return ((shifted.sum(1).log() + shifted.sum(0).log()) / 2 - positives).mean()

@@ -1,0 +1,321 @@
+"""VLIF (paper section 2): per-modality user-item propagation, information-aware fusion,
+item-item and user-user refinement. Decisions where the paper is silent: docs/model.md.
+
+Shapes: U users, I items, N = U + I graph nodes, d = ``embedding_dim``, T = ``n_layers`` + 1 tokens
+per node and modality, P = number of fused parts (pooling 1, concat 2, weighted_concat 2, pid 3),
+D = P * d for concatenations (d for pooling), B = batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from vlif_pipeline.models.base import Recommender, bpr_loss, l2_penalty, xavier_embedding
+from vlif_pipeline.models.fusion import RedundancyEncoder, SynergyEstimator, info_nce, remove_component
+from vlif_pipeline.models.propagation import propagate, propagate_rows, spmm, transpose
+
+if TYPE_CHECKING:
+    from vlif_pipeline.training.data import TrainData
+
+FUSIONS = ("pooling", "concat", "weighted_concat", "pid")
+_PARTS = {"pooling": 1, "concat": 2, "weighted_concat": 2, "pid": 3}
+
+
+@dataclass
+class _Fused:
+    """Fused embeddings of R_u users and R_i items, and for pid the views the contrastive losses align.
+
+    users (R_u, D), items (R_i, D); synergy_views (2, R_u + R_i, d): h_{v->t}, h_{t->v};
+    redundancy_views (3, R_u + R_i, d): h, h_v, h_t (users first, then items).
+    """
+
+    users: torch.Tensor
+    items: torch.Tensor
+    synergy_views: torch.Tensor | None
+    redundancy_views: torch.Tensor | None
+
+
+def _feature_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """Item features (I, in_dim) -> (I, out_dim), the two-layer LeakyReLU MLP of DRAGON-style encoders."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(), nn.Linear(hidden, out_dim))
+
+
+@dataclass
+class _Homogeneous:
+    """One homogeneous graph (n, n) (item kNN or user-user), its transpose and its layer count.
+
+    reverse: the transpose's sparsity pattern with unit weights, used to find the nodes a batch
+    reaches (structural, so that an edge of weight 0 is still followed); None when not restricting.
+    """
+
+    graph: torch.Tensor
+    graph_t: torch.Tensor
+    n_layers: int
+    reverse: torch.Tensor | None
+
+
+def _reach(reverse: torch.Tensor, seeds: torch.Tensor, hops: int) -> list[torch.Tensor]:
+    """[R_1, ..., R_hops]: R_l holds the sorted ids (R_l,) that rows ``seeds`` (B,) read within l steps.
+
+    reverse: the graph's transposed unit pattern (n, n). Each R_l includes the seeds and R_{l-1}.
+    """
+    mask = torch.zeros(reverse.shape[0], 1, device=seeds.device)
+    mask[seeds] = 1.0
+    levels = []
+    for _ in range(hops):
+        mask = (mask + reverse @ mask).clamp_(max=1.0)
+        levels.append(torch.nonzero(mask.squeeze(1)).squeeze(1))
+    return levels
+
+
+def _subgraph(graph: torch.Tensor, row_ids: torch.Tensor, col_ids: torch.Tensor) -> torch.Tensor:
+    """graph[row_ids][:, col_ids] as sparse CSR (len(row_ids), len(col_ids)).
+
+    graph (n, n) CSR; row_ids (r,) any order, repeats allowed; col_ids (c,) sorted and containing
+    every column the requested rows use.
+    """
+    crow = graph.crow_indices()
+    starts = crow[row_ids]
+    counts = crow[row_ids + 1] - starts
+    new_crow = torch.zeros(row_ids.numel() + 1, dtype=torch.int64, device=graph.device)
+    torch.cumsum(counts, 0, out=new_crow[1:])
+    entries = torch.arange(int(new_crow[-1]), device=graph.device) + torch.repeat_interleave(
+        starts - new_crow[:-1], counts
+    )
+    position = torch.empty(graph.shape[1], dtype=torch.int64, device=graph.device)
+    position[col_ids] = torch.arange(col_ids.numel(), device=graph.device)
+    return torch.sparse_csr_tensor(
+        new_crow,
+        position[graph.col_indices()[entries]],
+        graph.values()[entries],
+        size=(row_ids.numel(), col_ids.numel()),
+        check_invariants=False,
+    )
+
+
+class VLIF(Recommender):
+    """Vision-language and information-aware fusion recommender.
+
+    Per modality m in {text, vision}: item features -> MLP -> d; learned user embeddings; the
+    L2-normalised layer-0 embeddings of all N nodes are propagated L times over the user-item
+    graph, giving T = L + 1 tokens per node, whose sum is the modality embedding (eq. 2). The
+    fusion (``params["fusion"]``) turns each node's tokens into a fused embedding: ``pid`` is the
+    paper's [t || s || v'] (users weight the three parts by a per-user softmax), ``pooling`` is
+    (t + v) / 2, ``concat`` [t || v], ``weighted_concat`` [w0 t || w1 v] for users. Finally
+    z = f + S^L f over the item-item graph (items) and the user-user graph (users); score z_u . z_i.
+
+    With ``restrict`` (default ``auto``: on CPU), training runs the fusion only on the nodes the
+    batch's homogeneous propagation reads and propagates over those nodes' sub-graphs; the loss and
+    gradients equal the full computation's (tested) at a fraction of its cost.
+    """
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "embedding_dim": 64,
+        "mlp_hidden": 64,
+        "n_layers": 2,
+        "n_item_layers": 2,
+        "n_user_layers": 2,
+        "fusion": "pid",
+        "n_heads": 4,
+        "ffn_dim": 64,
+        "layer_scale": 0.01,
+        "lambda": 0.1,
+        "temperature": 0.2,
+        "reg_weight": 1e-4,
+        "restrict": "auto",
+    }
+
+    def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
+        super().__init__(data, params)
+        hp = self.hparams
+        if hp["fusion"] not in FUSIONS:
+            raise ValueError(f"VLIF: fusion must be one of {FUSIONS}, got {hp['fusion']!r}")
+        if data.text is None or data.visual is None:
+            raise ValueError("VLIF needs both text and visual item features")
+        if not float(hp["temperature"]) >= 0.025:
+            raise ValueError(f"VLIF: temperature must be >= 0.025 (InfoNCE underflows), got {hp['temperature']}")
+        for key in ("n_layers", "n_item_layers", "n_user_layers"):
+            if int(hp[key]) < 0:
+                raise ValueError(f"VLIF: {key} must be >= 0, got {hp[key]}")
+        self.fusion: str = hp["fusion"]
+        dim = int(hp["embedding_dim"])
+        self.n_layers = int(hp["n_layers"])
+        self.text_features = data.text
+        self.visual_features = data.visual
+        self.text_mlp = _feature_mlp(data.text.shape[1], int(hp["mlp_hidden"]), dim)
+        self.visual_mlp = _feature_mlp(data.visual.shape[1], int(hp["mlp_hidden"]), dim)
+        self.user_text = xavier_embedding(self.n_users, dim)
+        self.user_visual = xavier_embedding(self.n_users, dim)
+        self.weighted = self.fusion in ("weighted_concat", "pid")
+        if self.weighted:
+            self.user_weights = xavier_embedding(self.n_users, _PARTS[self.fusion])
+        if self.fusion == "pid":
+            block = (dim, int(hp["n_heads"]), int(hp["ffn_dim"]), float(hp["layer_scale"]))
+            self.synergy = SynergyEstimator(*block)
+            self.redundancy = RedundancyEncoder(*block)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.user_item = data.user_item
+        if hp["restrict"] not in ("auto", True, False):
+            raise ValueError(f"VLIF: restrict must be 'auto', true or false, got {hp['restrict']!r}")
+        # restriction saves work on a CPU; on a GPU its host synchronisations cost more than the work
+        self.restrict = data.device.type == "cpu" if hp["restrict"] == "auto" else bool(hp["restrict"])
+        # a missing graph or 0 layers: z = f on that side
+        self.user_side = self._side(data.user_user, int(hp["n_user_layers"]))
+        self.item_side = self._side(data.item_knn, int(hp["n_item_layers"]))
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _side(self, graph: torch.Tensor | None, n_layers: int) -> _Homogeneous | None:
+        """The homogeneous graph (n, n) with what propagation and restriction need; None when unused."""
+        if graph is None or n_layers == 0:
+            return None
+        graph_t = transpose(graph)
+        reverse = None
+        if self.restrict:
+            reverse = torch.sparse_csr_tensor(
+                graph_t.crow_indices(),
+                graph_t.col_indices(),
+                torch.ones_like(graph_t.values()),
+                size=graph_t.shape,
+                check_invariants=False,
+            )
+        return _Homogeneous(graph, graph_t, n_layers, reverse)
+
+    def _tokens(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-layer user-item graph outputs of every node: T text and T vision tensors, each (N, d)."""
+        tokens = []
+        for users, mlp, features in (
+            (self.user_text, self.text_mlp, self.text_features),
+            (self.user_visual, self.visual_mlp, self.visual_features),
+        ):
+            x0 = nn.functional.normalize(torch.cat([users.weight, mlp(features)]), dim=-1)  # (N, d)
+            tokens.append(propagate(self.user_item, x0, self.n_layers, adj_t=self.user_item))  # symmetric
+        return tokens[0], tokens[1]
+
+    def _fused(self, users: torch.Tensor | None, items: torch.Tensor | None) -> _Fused:
+        """Fused embeddings of user ids ``users`` (R_u,) and item ids ``items`` (R_i,); None = all."""
+        text_layers, vision_layers = self._tokens()
+        nodes = None if users is None else torch.cat([users, items + self.n_users])
+        t_tokens = torch.stack([layer if nodes is None else layer[nodes] for layer in text_layers], dim=1)
+        v_tokens = torch.stack([layer if nodes is None else layer[nodes] for layer in vision_layers], dim=1)
+        n_user_rows = self.n_users if users is None else users.numel()
+        t, v = t_tokens.sum(1), v_tokens.sum(1)  # eq. 2, (R, d) with R = R_u + R_i
+        synergy_views = redundancy_views = None
+        if self.fusion == "pooling":
+            parts = [(t + v) / 2]
+        elif self.fusion == "pid":
+            s, h_vt, h_tv = self.synergy(v, t, v_tokens, t_tokens)
+            redundancy_views = self.redundancy(v, t)  # (3, R, d)
+            synergy_views = torch.stack([h_vt, h_tv])
+            parts = [t, s, remove_component(v, redundancy_views.mean(0))]
+        else:
+            parts = [t, v]
+        user_parts = [part[:n_user_rows] for part in parts]
+        if self.weighted:
+            table = self.user_weights.weight if users is None else self.user_weights(users)
+            weights = torch.softmax(table, dim=1)  # (R_u, P)
+            user_parts = [w.unsqueeze(1) * part for w, part in zip(weights.unbind(1), user_parts, strict=True)]
+        items_fused = torch.cat([part[n_user_rows:] for part in parts], dim=1)
+        return _Fused(torch.cat(user_parts, dim=1), items_fused, synergy_views, redundancy_views)
+
+    @staticmethod
+    def _needed(side: _Homogeneous | None, seeds: torch.Tensor) -> list[torch.Tensor]:
+        """Reach levels [R_1, ..., R_L] of rows ``seeds`` (B,) on one side; [unique seeds] without a graph."""
+        if side is None:
+            return [torch.unique(seeds)]
+        return _reach(side.reverse, seeds, side.n_layers)
+
+    @staticmethod
+    def _refine_rows(
+        side: _Homogeneous | None,
+        fused: torch.Tensor,
+        levels: list[torch.Tensor] | None,
+        row_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Final embeddings z = f + S^L f (B, D) at ``row_ids`` (B,).
+
+        fused (R, D) is known on levels[-1] (R,) when restricted (``levels`` from :meth:`_needed`),
+        or on all n nodes when ``levels`` is None. Restricted, step l multiplies the sub-graph from
+        the rows of level l to the columns of level l + 1, so only reached nodes take part.
+        """
+        if levels is None:
+            if side is None:
+                return fused[row_ids]
+            layers = propagate_rows(side.graph, fused, side.n_layers, row_ids, adj_t=side.graph_t)
+            return layers[0] + layers[-1]
+        own = fused[torch.searchsorted(levels[-1], row_ids)]
+        if side is None:
+            return own
+        targets = [row_ids, *levels[:-1]]
+        h = fused
+        for target, source in zip(reversed(targets), reversed(levels), strict=True):
+            h = spmm(_subgraph(side.graph, target, source), h)
+        return own + h
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BPR + lambda * (L_s + L_r) + L2 on the batch's user embeddings; users, pos, neg (B,)."""
+        self._cache = None
+        items = torch.cat([pos, neg])
+        if self.restrict:
+            user_levels = self._needed(self.user_side, users)
+            item_levels = self._needed(self.item_side, items)
+            fused = self._fused(user_levels[-1], item_levels[-1])
+        else:
+            user_levels = item_levels = None
+            fused = self._fused(None, None)
+        z_users = self._refine_rows(self.user_side, fused.users, user_levels, users)
+        z_pos, z_neg = self._refine_rows(self.item_side, fused.items, item_levels, items).split(users.shape[0])
+        bpr = bpr_loss((z_users * z_pos).sum(1), (z_users * z_neg).sum(1))
+        reg = self.hparams["reg_weight"] * l2_penalty(self.user_text(users), self.user_visual(users))
+        parts = {"bpr": bpr, "reg": reg}
+        total = bpr + reg
+        if self.fusion == "pid":
+            user_ids, item_ids = torch.unique(users), torch.unique(pos)
+            if self.restrict:
+                user_rows = torch.searchsorted(user_levels[-1], user_ids)
+                item_rows = user_levels[-1].numel() + torch.searchsorted(item_levels[-1], item_ids)
+            else:
+                user_rows, item_rows = user_ids, self.n_users + item_ids
+            user_synergy, user_redundancy = self._contrastive(fused, user_rows)
+            item_synergy, item_redundancy = self._contrastive(fused, item_rows)
+            parts["synergy"] = (user_synergy + item_synergy) / 2
+            parts["redundancy"] = (user_redundancy + item_redundancy) / 2
+            total = total + self.hparams["lambda"] * (parts["synergy"] + parts["redundancy"])
+        return {"loss": total, **parts}
+
+    def _contrastive(self, fused: _Fused, view_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_s (eq. 15) and L_r (eq. 16) over the nodes at ``view_rows`` (n,) of the views, among themselves."""
+        h_vt, h_tv = fused.synergy_views[:, view_rows]
+        h, h_v, h_t = fused.redundancy_views[:, view_rows]
+        temperature = float(self.hparams["temperature"])
+        synergy = info_nce(h_vt, h_tv, temperature)
+        redundancy = sum(info_nce(a, b, temperature) for a, b in ((h, h_v), (h, h_t), (h_v, h_t)))
+        return synergy, redundancy
+
+    @staticmethod
+    def _refine_all(side: _Homogeneous | None, fused: torch.Tensor) -> torch.Tensor:
+        """z = f + S^L f for all rows; fused (n, D) -> (n, D)."""
+        if side is None:
+            return fused
+        return fused + propagate(side.graph, fused, side.n_layers, adj_t=side.graph_t)[-1]
+
+    def _final_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings of every user (U, D) and every item (I, D)."""
+        fused = self._fused(None, None)
+        return self._refine_all(self.user_side, fused.users), self._refine_all(self.item_side, fused.items)
+
+    def prepare_eval(self) -> None:
+        self._cache = self._final_all()
+
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        """Scores (B, I) of every item for users (B,)."""
+        if self._cache is None:
+            self._cache = self._final_all()
+        user_emb, item_emb = self._cache
+        return user_emb[users] @ item_emb.T
