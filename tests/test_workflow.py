@@ -7,6 +7,7 @@ workflow; the rerun checks are dry runs against that finished state, so they are
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -68,8 +69,14 @@ def test_learning_rate_change_reruns_training_only(demo: Path) -> None:
 
 def test_editing_stage_code_reruns_that_stage_and_dependants(demo: Path) -> None:
     module = demo / "src/vlif_pipeline/graphs/user_user.py"
-    module.write_text(module.read_text() + "\n")
-    jobs = planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json"))
+    stat = module.stat()
+    text = module.read_text()
+    module.write_text(text + "\n")
+    try:
+        jobs = planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json"))
+    finally:
+        module.write_text(text)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert {"graph_user_user", "graph_item_knn", "graph_user_item", "train", "report_metrics"} <= set(jobs)
     assert not {"demo", "ingest", "kcore", "caption", "encode_text"} & set(jobs)
 
@@ -130,7 +137,6 @@ def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
 
 def test_killed_workflow_resumes_training_without_redoing_finished_jobs(demo: Path) -> None:
     """Kill Snakemake mid-training; the rerun redoes no finished job and training resumes its checkpoint."""
-    import os
     import signal
     import subprocess
     import sys
@@ -138,8 +144,9 @@ def test_killed_workflow_resumes_training_without_redoing_finished_jobs(demo: Pa
     extra = write_config(demo, "resume.yaml", "train:\n  learning_rate: 0.0015\n")
     args = ["--cores", "2", "--configfile", "config/config.yaml", extra, "--", "results/demo/metrics.json"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=demo, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    with open(demo / "killed_run.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args], cwd=demo, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoint = demo / "results/demo/runs/vlif__vlm_title__pid/checkpoint.pt"
     before = checkpoint.stat().st_mtime if checkpoint.exists() else 0.0
     deadline = time.monotonic() + 300
@@ -147,11 +154,12 @@ def test_killed_workflow_resumes_training_without_redoing_finished_jobs(demo: Pa
         if checkpoint.exists() and checkpoint.stat().st_mtime > before:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    assert proc.poll() is None, (demo / "killed_run.log").read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     jobs = planned_jobs(snakemake(demo, "-n", *args[2:]))
     assert set(jobs) == {"train", "report_metrics"}, jobs
+    assert snakemake(demo, "--unlock", *args[2:]).returncode == 0  # a SIGKILL leaves Snakemake's lock
     result = snakemake(demo, *args)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     log = (demo / "results/demo/logs/train_vlif__vlm_title__pid.log").read_text()
