@@ -38,11 +38,11 @@ def read_stats(kcore_dir: Path) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def load_train_matrix(kcore_dir: str | os.PathLike[str], logger: logging.Logger) -> sp.csr_matrix:
-    """Binary user-item matrix of the TRAIN split, shape (U, I), int32 CSR with sorted indices.
+def read_interactions(kcore_dir: str | os.PathLike[str]) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(n_users, n_items, u, i, split) of ``kcore_dir``, each column (n,) int64, validated.
 
-    Validates ids against ``stats.json`` and the split codes; duplicate train pairs collapse to one
-    edge (counted in the log).
+    Ids are checked against ``stats.json`` and split codes against 0/1/2; the one reader of
+    interactions for the graph stages and the trainer (pyarrow only: no polars on GPU machines).
     """
     import pyarrow.parquet as pq  # lazy: keeps this module light for the kNN benchmark's environment
 
@@ -53,7 +53,7 @@ def load_train_matrix(kcore_dir: str | os.PathLike[str], logger: logging.Logger)
         raise StageError(f"{path}: file not found")
     try:
         table = pq.read_table(path, columns=["u", "i", "split"])
-    except (KeyError, ValueError) as err:
+    except (KeyError, ValueError, OSError) as err:
         raise StageError(f"{path}: cannot read columns u, i, split ({err})") from err
     columns = {}
     for name in ("u", "i", "split"):
@@ -73,6 +73,16 @@ def load_train_matrix(kcore_dir: str | os.PathLike[str], logger: logging.Logger)
     bad = np.flatnonzero(~np.isin(split, _SPLITS))
     if bad.size:
         raise StageError(f"{path}: row {int(bad[0])}: split={int(split[bad[0]])} is not one of 0, 1, 2")
+    return n_users, n_items, u, i, split
+
+
+def load_train_matrix(kcore_dir: str | os.PathLike[str], logger: logging.Logger) -> sp.csr_matrix:
+    """Binary user-item matrix of the TRAIN split, shape (U, I), int32 CSR with sorted indices.
+
+    Duplicate train pairs collapse to one edge (counted in the log).
+    """
+    n_users, n_items, u, i, split = read_interactions(kcore_dir)
+    path = Path(kcore_dir) / "interactions.parquet"
     train = split == TRAIN_SPLIT
     if not train.any():
         raise StageError(f"{path}: no training interactions (split == 0)")

@@ -71,36 +71,10 @@ def split_matrices(
 
 def read_splits(kcore_dir: str | os.PathLike[str]) -> tuple[int, int, sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
     """(n_users, n_items, train, valid, test) from ``kcore_dir`` (interactions.parquet + stats.json)."""
-    import pyarrow.parquet as pq
+    from vlif_pipeline.graphs.common import read_interactions
 
-    from vlif_pipeline.graphs.common import read_stats
-
-    kcore_dir = Path(kcore_dir)
-    n_users, n_items = read_stats(kcore_dir)
-    path = kcore_dir / "interactions.parquet"
-    if not path.exists():
-        raise StageError(f"{path}: file not found")
-    try:
-        table = pq.read_table(path, columns=["u", "i", "split"])
-    except (KeyError, ValueError, OSError) as err:
-        raise StageError(f"{path}: cannot read columns u, i, split ({err})") from err
-    columns: dict[str, np.ndarray] = {}
-    for name in ("u", "i", "split"):
-        column = table.column(name)
-        if column.null_count:
-            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise StageError(f"{path}: row {row}: column {name!r} is null")
-        columns[name] = column.to_numpy().astype(np.int64, copy=False)
-    u, i, split = columns["u"], columns["i"], columns["split"]
-    for name, ids, bound in (("u", u, n_users), ("i", i, n_items)):
-        bad = np.flatnonzero((ids < 0) | (ids >= bound))
-        if bad.size:
-            raise StageError(
-                f"{path}: row {int(bad[0])}: {name}={int(ids[bad[0]])} outside 0..{bound - 1} (stats.json)"
-            )
-    bad = np.flatnonzero(~np.isin(split, (TRAIN, VALID, TEST)))
-    if bad.size:
-        raise StageError(f"{path}: row {int(bad[0])}: split={int(split[bad[0]])} is not one of 0, 1, 2")
+    n_users, n_items, u, i, split = read_interactions(kcore_dir)
+    path = Path(kcore_dir) / "interactions.parquet"
     if not (split == TRAIN).any():
         raise StageError(f"{path}: no training interactions (split == 0)")
     if not (split == VALID).any():
