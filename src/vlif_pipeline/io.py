@@ -47,6 +47,13 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
+def require_columns(path: str | os.PathLike[str], columns: list[str], required: tuple[str, ...]) -> None:
+    """Fail with the file's name and the missing and present columns when a table lacks any of ``required``."""
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise StageError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns)})")
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON atomically, pretty-printed and with sorted keys (diffable, deterministic)."""
     with atomic_path(path) as tmp:

@@ -25,7 +25,7 @@ import polars as pl
 from vlif_pipeline.data.dedup import drop_duplicate_pairs
 from vlif_pipeline.data.mmrec import import_mmrec
 from vlif_pipeline.data.split import loo_split, random_split, split_stats
-from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging, write_json
+from vlif_pipeline.io import StageError, atomic_path, require_columns, run_stage, setup_logging, write_json
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -66,9 +66,7 @@ def _read_table(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
         table = pl.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - any reader complaint means the file is not usable
         raise StageError(f"{path}: not a readable Parquet file ({err})") from None
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise StageError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(table.columns)})")
+    require_columns(path, table.columns, required)
     return table
 
 

@@ -21,7 +21,7 @@ import polars as pl
 
 from vlif_pipeline.amazon.items import ITEM_SCHEMA, TEXT_COLUMNS
 from vlif_pipeline.data.split import split_stats
-from vlif_pipeline.io import StageError, atomic_path, load_npy, run_stage, save_npy, setup_logging
+from vlif_pipeline.io import StageError, atomic_path, load_npy, require_columns, run_stage, save_npy, setup_logging
 
 INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 
@@ -62,9 +62,7 @@ def _read_tsv(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
         table = pl.read_csv(path, separator="\t", infer_schema_length=10000)
     except Exception as err:  # noqa: BLE001 - any parser complaint means the file is not usable
         raise StageError(f"{path}: not a readable tab-separated file ({err})") from None
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise StageError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(table.columns)})")
+    require_columns(path, table.columns, required)
     return table
 
 
