@@ -84,13 +84,18 @@ def test_cross_modal_attention_attends_over_every_token() -> None:
         assert torch.equal(torch.cat([out[:2], out[3:]]), torch.cat([base[:2], base[3:]])), "nodes interact"
 
 
-def test_synergy_is_the_mean_of_both_directions() -> None:
+def test_synergy_is_the_mean_of_both_directions_on_the_inputs_scale() -> None:
     torch.manual_seed(0)
     cse = SynergyEstimator(DIM, 2, 32, 0.1)
     v, t, vt, tt = torch.randn(4, DIM), torch.randn(4, DIM), torch.randn(4, 3, DIM), torch.randn(4, 3, DIM)
+    with torch.no_grad():
+        cse.vision_to_text.gain_ffn.fill_(50.0)  # a grown gain: the raw mean would be far larger than v, t
     s, h_vt, h_tv = cse(v, t, vt, tt)
     assert s.shape == h_vt.shape == h_tv.shape == (4, DIM)
-    torch.testing.assert_close(s, (h_vt + h_tv) / 2)
+    mean = (h_vt + h_tv) / 2
+    torch.testing.assert_close(torch.cosine_similarity(s, mean, dim=1), torch.ones(4))
+    torch.testing.assert_close(s.norm(dim=1), (v.norm(dim=1) + t.norm(dim=1)) / 2)
+    assert bool((mean.norm(dim=1) > 3 * s.norm(dim=1)).all())
     torch.testing.assert_close(h_vt, cse.vision_to_text(v, tt))
     assert not torch.allclose(h_vt, h_tv)
 

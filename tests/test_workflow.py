@@ -81,17 +81,12 @@ def test_editing_stage_code_reruns_that_stage_and_dependants(demo: Path) -> None
     assert not {"demo", "ingest", "kcore", "caption", "encode_text"} & set(jobs)
 
 
-def test_comparison_table_orders_the_baselines(demo: Path) -> None:
-    """LightGCN > BPR > popularity on test Recall@20, and VLIF above popularity.
-
-    Issue 6 asks for VLIF above LightGCN too; with the demo's random-model captions VLIF (PID fusion)
-    does not get there yet (about 0.20 against 0.25), so that part is not claimed here.
-    """
+def test_comparison_table_orders_the_models(demo: Path) -> None:
+    """VLIF > LightGCN > BPR > popularity on test Recall@20 (issue 6's sanity check of the demo)."""
     recall = {}
     for run in ("vlif__vlm_title__pid", "lightgcn", "bpr", "popularity"):
         recall[run] = json.loads((demo / f"results/demo/runs/{run}/metrics.json").read_text())["test"]["recall@20"]
-    assert recall["lightgcn"] > recall["bpr"] > recall["popularity"], recall
-    assert recall["vlif__vlm_title__pid"] > recall["popularity"], recall
+    assert recall["vlif__vlm_title__pid"] > recall["lightgcn"] > recall["bpr"] > recall["popularity"], recall
     table = (demo / "results/demo/table.md").read_text()
     for label in ("Popularity", "BPR", "LightGCN", "FREEDOM (VLM with title)", "VLIF (VLM with title)"):
         assert f"| {label} |" in table
