@@ -94,6 +94,21 @@ def test_loss_parts_gradients_and_scores(data: TrainData, name: str) -> None:
         assert model.score_users(torch.arange(5)).shape == (5, data.n_items)
 
 
+@pytest.mark.parametrize("name", ["popularity", "bpr", "lightgcn", "freedom", "vlif"])
+def test_scores_into_a_reused_buffer_equal_fresh_scores(data: TrainData, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, data, {})
+    users = torch.tensor([4, 0, 9])
+    buffer = torch.full((5, data.n_items), float("nan"))
+    with torch.no_grad():
+        model.prepare_eval()
+        fresh = model.score_users(users)
+        written = model.score_users(users, out=buffer[:3])
+    assert written.data_ptr() == buffer.data_ptr()
+    assert torch.equal(written, fresh) and torch.equal(buffer[:3], fresh)
+    assert buffer[3:].isnan().all()
+
+
 def test_unknown_hyperparameter_is_an_error(data: TrainData) -> None:
     with pytest.raises(ValueError, match="unknown parameter"):
         build_model("bpr", data, {"n_layers": 3})

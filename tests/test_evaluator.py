@@ -21,8 +21,8 @@ class FixedScores(Recommender):
         super().__init__(SimpleNamespace(n_users=scores.shape[0], n_items=scores.shape[1]), {})
         self.scores = torch.as_tensor(scores, dtype=torch.float32)
 
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
-        return self.scores[users].clone()
+    def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scores[users].clone() if out is None else torch.index_select(self.scores, 0, users, out=out)
 
 
 def binary(rows: dict[int, list[int]], shape: tuple[int, int]) -> sp.csr_matrix:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from vlif_pipeline.models.base import Recommender, bpr_loss, l2_penalty, xavier_embedding
+from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
@@ -29,5 +29,5 @@ class BPRMF(Recommender):
         reg = self.hparams["reg_weight"] * l2_penalty(u, p, n)
         return {"loss": bpr + reg, "bpr": bpr, "reg": reg}
 
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
-        return self.user_emb(users) @ self.item_emb.weight.T
+    def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return dot_scores(self.user_emb(users), self.item_emb.weight, out)

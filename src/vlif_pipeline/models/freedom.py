@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from vlif_pipeline.models.base import Recommender, bpr_loss, l2_penalty, xavier_embedding
+from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
 from vlif_pipeline.models.propagation import bipartite_adjacency, layer_mean_rows, propagate, transpose
 
 if TYPE_CHECKING:
@@ -113,6 +113,6 @@ class FREEDOM(Recommender):
     def prepare_eval(self) -> None:
         self._cache = self._embeddings()
 
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+    def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         user_emb, item_emb = self._cache if self._cache is not None else self._embeddings()
-        return user_emb[users] @ item_emb.T
+        return dot_scores(user_emb[users], item_emb, out)

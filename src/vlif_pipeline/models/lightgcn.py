@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from vlif_pipeline.models.base import Recommender, bpr_loss, l2_penalty, xavier_embedding
+from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
 from vlif_pipeline.models.propagation import layer_mean_rows, propagate
 
 if TYPE_CHECKING:
@@ -47,6 +47,6 @@ class LightGCN(Recommender):
     def prepare_eval(self) -> None:
         self._cache = self._propagate_all()
 
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+    def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         user_emb, item_emb = self._cache if self._cache is not None else self._propagate_all()
-        return user_emb[users] @ item_emb.T
+        return dot_scores(user_emb[users], item_emb, out)

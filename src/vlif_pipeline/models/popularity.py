@@ -24,5 +24,6 @@ class Popularity(Recommender):
         counts = np.asarray(data.train.sum(axis=0), dtype=np.float32).ravel()
         self.register_buffer("counts", torch.from_numpy(counts).to(data.device))
 
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
-        return self.counts.repeat(users.shape[0], 1)
+    def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self.counts.expand(users.shape[0], -1)
+        return scores.clone() if out is None else out.copy_(scores)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from vlif_pipeline.models.base import Recommender, bpr_loss, l2_penalty, xavier_embedding
+from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
 from vlif_pipeline.models.fusion import RedundancyEncoder, SynergyEstimator, info_nce, remove_component
 from vlif_pipeline.models.propagation import propagate, propagate_rows, spmm, transpose
 
@@ -313,9 +313,9 @@ class VLIF(Recommender):
     def prepare_eval(self) -> None:
         self._cache = self._final_all()
 
-    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+    def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, I) of every item for users (B,)."""
         if self._cache is None:
             self._cache = self._final_all()
         user_emb, item_emb = self._cache
-        return user_emb[users] @ item_emb.T
+        return dot_scores(user_emb[users], item_emb, out)

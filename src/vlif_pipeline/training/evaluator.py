@@ -78,8 +78,10 @@ class Evaluator:
         model.prepare_eval()
         width = min(max(self.ks), self.n_items)
         totals = {key: torch.zeros((), dtype=torch.float64, device=self.device) for key in metric_keys(self.ks)}
+        rows = max((batch.users.numel() for batch in self.batches), default=0)
+        buffer = torch.empty((rows, self.n_items), device=self.device)  # reused: see Recommender.score_users
         for batch in self.batches:
-            scores = model.score_users(batch.users)
+            scores = model.score_users(batch.users, out=buffer[: batch.users.numel()])
             scores[batch.mask_rows, batch.mask_cols] = float("-inf")
             top_scores, top_items = torch.topk(scores, width, dim=1)
             local = torch.arange(batch.users.numel(), device=self.device).unsqueeze(1)
