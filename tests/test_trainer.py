@@ -18,6 +18,7 @@ import torch
 from vlif_pipeline.io import StageError
 from vlif_pipeline.models.bpr import BPRMF
 from vlif_pipeline.training import run
+from vlif_pipeline.training import trainer as trainer_module
 from vlif_pipeline.training.data import load_train_data
 from vlif_pipeline.training.metrics import metric_keys
 from vlif_pipeline.training.sampler import TripleSampler
@@ -120,6 +121,38 @@ def test_checkpoint_of_another_configuration_is_not_resumed(inputs: dict[str, Pa
     assert run.main(cli_args(inputs, "bpr", tmp_path, {"max_epochs": 3, "learning_rate": 0.002})) == 0
     history = json.loads((tmp_path / "history.json").read_text())["epochs"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_finished_run_whose_outputs_were_removed_writes_them_again(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """As Snakemake does before rerunning a job: outputs removed, the checkpoint left in place."""
+    assert run.main(cli_args(inputs, "bpr", tmp_path, {"max_epochs": 2})) == 0
+    first = result(tmp_path)
+    history = (tmp_path / "history.json").read_text()
+    for name in ("metrics.json", "history.json"):
+        (tmp_path / name).unlink()
+    assert run.main(cli_args(inputs, "bpr", tmp_path, {"max_epochs": 2})) == 0
+    assert result(tmp_path) == first and (tmp_path / "history.json").read_text() == history
+
+
+def test_checkpoint_from_other_features_is_not_resumed(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out, log = tmp_path / "run", tmp_path / "second.log"
+    assert run.main(cli_args(inputs, "freedom", out, {"max_epochs": 2})) == 0
+    changed = dict(inputs, visual=tmp_path / "visual.npy")
+    np.save(changed["visual"], np.load(inputs["visual"])[:, ::-1].copy())  # new captions, same shape
+    assert run.main(cli_args(changed, "freedom", out, {"max_epochs": 2}) + ["--log", str(log)]) == 0
+    assert "belongs to another configuration" in log.read_text() and "resumed" not in log.read_text()
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())["epochs"]] == [1, 2]
+
+
+def test_checkpoint_from_other_training_code_is_not_resumed(
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run.main(cli_args(inputs, "bpr", tmp_path, {"max_epochs": 2})) == 0
+    monkeypatch.setattr(trainer_module, "_code_digest", lambda: b"edited model code")
+    assert run.main(cli_args(inputs, "bpr", tmp_path, {"max_epochs": 3})) == 0
+    history = json.loads((tmp_path / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[0]["epoch"] == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def test_early_stopping_on_validation(inputs: dict[str, Path], tmp_path: Path) -> None:

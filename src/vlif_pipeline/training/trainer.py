@@ -76,11 +76,33 @@ def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], di
     return trainer, model_params, ignored
 
 
-def _fingerprint(model: str, trainer: dict[str, Any], hparams: dict[str, Any], data: TrainData) -> str:
-    """Identifies a run configuration, so a checkpoint left by another configuration is not resumed."""
+CODE_PACKAGES = ("models", "training")  # the source whose edits change what training computes
+
+
+def _code_digest() -> bytes:
+    """sha256 of the model and training source files (contents, not times)."""
+    package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for array in (data.train.indptr, data.train.indices, data.valid.indices, data.test.indices):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    for path in sorted(p for name in CODE_PACKAGES for p in (package / name).glob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.digest()
+
+
+def _fingerprint(model: str, trainer: dict[str, Any], hparams: dict[str, Any], data: TrainData) -> str:
+    """Identifies a run: configuration, every input array and the training code.
+
+    Why all three: Snakemake reruns a training job when its inputs or code change, and the job must
+    then start afresh; only a run killed part way (same inputs, same code) resumes its checkpoint.
+    """
+    digest = hashlib.sha256(_code_digest())
+    arrays: list[np.ndarray | None] = [data.train.indptr, data.train.indices, data.valid.indices, data.test.indices]
+    for tensor in (data.text, data.visual):
+        arrays.append(None if tensor is None else tensor.detach().cpu().numpy())
+    for graph in (data.user_item, data.item_knn, data.user_user):
+        parts = (graph.crow_indices(), graph.col_indices(), graph.values()) if graph is not None else (None,)
+        arrays.extend(None if part is None else part.cpu().numpy() for part in parts)
+    for array in arrays:
+        digest.update(b"none" if array is None else np.ascontiguousarray(array).tobytes())
     spec = {"model": model, "trainer": trainer, "hparams": hparams, "shape": [data.n_users, data.n_items]}
     digest.update(json.dumps(spec, sort_keys=True, default=str).encode())
     return digest.hexdigest()
@@ -255,7 +277,8 @@ class Trainer:
         if not self.model.trainable:
             state = {**self._fresh_state(), "stopped_reason": stopped_reason, "model": self.model.state_dict()}
             save_checkpoint(self.out_dir / CHECKPOINT, state)
-            write_json(self.out_dir / HISTORY, {"model": self.model_name, "epochs": history})
+        # also when a finished checkpoint was resumed: Snakemake removed the job's outputs before rerunning it
+        write_json(self.out_dir / HISTORY, {"model": self.model_name, "epochs": history})
         write_json(self.out_dir / METRICS, metrics)
         self.logger.info(
             "%s: best epoch %d of %d (%s); valid %s %.4f, test %s %.4f",
