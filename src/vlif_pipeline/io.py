@@ -54,6 +54,13 @@ def require_columns(path: str | os.PathLike[str], columns: list[str], required: 
         raise StageError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns)})")
 
 
+def require_row_ids(path: str | os.PathLike[str], ids: list[int]) -> None:
+    """Fail naming the first bad row unless column ``i`` is 0..n-1 in order (row k is item k)."""
+    if ids != list(range(len(ids))):
+        bad = next(k for k, value in enumerate(ids) if value != k)
+        raise StageError(f"{path}: column i must be 0..{len(ids) - 1} in order; row {bad} has i={ids[bad]}")
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write JSON atomically, pretty-printed and with sorted keys (diffable, deterministic)."""
     with atomic_path(path) as tmp:

@@ -95,14 +95,13 @@ def _fingerprint(model: str, trainer: dict[str, Any], hparams: dict[str, Any], d
     then start afresh; only a run killed part way (same inputs, same code) resumes its checkpoint.
     """
     digest = hashlib.sha256(_code_digest())
-    arrays: list[np.ndarray | None] = [data.train.indptr, data.train.indices, data.valid.indices, data.test.indices]
-    for tensor in (data.text, data.visual):
-        arrays.append(None if tensor is None else tensor.detach().cpu().numpy())
+    for array in (data.train.indptr, data.train.indices, data.valid.indices, data.test.indices):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    tensors = [data.text, data.visual]
     for graph in (data.user_item, data.item_knn, data.user_user):
-        parts = (graph.crow_indices(), graph.col_indices(), graph.values()) if graph is not None else (None,)
-        arrays.extend(None if part is None else part.cpu().numpy() for part in parts)
-    for array in arrays:
-        digest.update(b"none" if array is None else np.ascontiguousarray(array).tobytes())
+        tensors += [None] if graph is None else [graph.crow_indices(), graph.col_indices(), graph.values()]
+    for tensor in tensors:
+        digest.update(b"none" if tensor is None else tensor.detach().cpu().contiguous().numpy().tobytes())
     spec = {"model": model, "trainer": trainer, "hparams": hparams, "shape": [data.n_users, data.n_items]}
     digest.update(json.dumps(spec, sort_keys=True, default=str).encode())
     return digest.hexdigest()

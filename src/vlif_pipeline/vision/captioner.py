@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging, write_json
+from vlif_pipeline.io import StageError, atomic_path, require_row_ids, run_stage, setup_logging, write_json
 from vlif_pipeline.vision.prompts import PromptSpec, chat_messages, get_prompt
 from vlif_pipeline.vision.tiny_model import TINY_MARKER
 
@@ -144,10 +144,7 @@ def _read_columns(path: Path, columns: Sequence[str]) -> pa.Table:
         table = pq.read_table(path, columns=list(columns))
     except (OSError, pa.ArrowException) as err:
         raise StageError(f"{path}: cannot read columns {', '.join(columns)}: {err}") from None
-    ids = table["i"].to_pylist()
-    if ids != list(range(len(ids))):
-        bad = next(k for k, value in enumerate(ids) if value != k)
-        raise StageError(f"{path}: column i must be 0..{len(ids) - 1} in order; row {bad} has i={ids[bad]}")
+    require_row_ids(path, table["i"].to_pylist())
     return table
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
-from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging
+from vlif_pipeline.io import StageError, atomic_path, require_row_ids, run_stage, setup_logging
 
 STATUSES = ("ok", "missing_url", "http_error", "timeout", "not_an_image", "too_large")
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -231,10 +231,7 @@ def read_items(path: Path) -> pl.DataFrame:
         items = pl.read_parquet(path, columns=["i", "image_url"])
     except (OSError, pl.exceptions.PolarsError) as err:
         raise StageError(f"{path}: cannot read columns i, image_url: {err}") from None
-    ids = items["i"].to_list()
-    if ids != list(range(len(ids))):
-        bad = next(k for k, value in enumerate(ids) if value != k)
-        raise StageError(f"{path}: column i must be 0..{len(ids) - 1} in order; row {bad} has i={ids[bad]}")
+    require_row_ids(path, items["i"].to_list())
     return items
 
 
