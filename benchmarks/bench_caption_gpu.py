@@ -36,9 +36,11 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  #
 
 from vlif_pipeline.vision.fast_generate import decode, greedy_generate, prefill  # noqa: E402
 from vlif_pipeline.vision.fast_vision import TowerLayout, encode_images  # noqa: E402
+from vlif_pipeline.vision.synthetic import SpecialTokens, prompt_batch  # noqa: E402
 
 IMAGE, VIDEO, VISION_START, VISION_END = 151655, 151656, 151652, 151653
 IM_START, IM_END, PAD = 151644, 151645, 151643
+TOKENS = SpecialTokens(IMAGE, VISION_START, VISION_END, IM_START, IM_END, PAD)
 TEXT_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
                bos_token_id=PAD, eos_token_id=IM_END, sliding_window=32768, max_window_layers=28,
@@ -88,23 +90,10 @@ def build_model(kind: str, dtype: torch.dtype, device: str, std: float) -> Qwen2
 
 def make_batch(grids: list[tuple[int, int, int]], prompt_len: int, dtype: torch.dtype, device: str,
                seed: int) -> dict[str, torch.Tensor]:
-    """Chat-like left-padded prompts: <im_start><vision_start> image <vision_end> text <im_end><im_start>."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i, (t, h, w) in enumerate(grids):
-        text = torch.randint(0, PAD, (prompt_len + i % 7,), generator=g)
-        rows.append(torch.cat([torch.tensor([IM_START, VISION_START]), torch.full((t * h * w // 4,), IMAGE),
-                               torch.tensor([VISION_END]), text, torch.tensor([IM_END, IM_START])]))
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), PAD)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r):] = r
-        mask[i, length - len(r):] = 1
-    patches = sum(t * h * w for t, h, w in grids)
-    return dict(input_ids=ids.to(device), attention_mask=mask.to(device),
-                pixel_values=torch.randn(patches, 3 * 2 * 14 * 14, generator=g).to(device, dtype),
-                image_grid_thw=torch.tensor(grids).to(device))
+    """Chat-like left-padded prompts (see ``prompt_batch``), text of prompt_len to prompt_len + 6 tokens."""
+    lengths = [prompt_len + i % 7 for i in range(len(grids))]
+    batch = prompt_batch(grids, lengths, TOKENS, vocab=PAD, seed=seed)
+    return {k: v.to(device, dtype) if k == "pixel_values" else v.to(device) for k, v in batch.items()}
 
 
 def sync(device: str) -> None:

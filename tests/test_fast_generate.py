@@ -9,9 +9,11 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from vlif_pipeline.vision import fast_generate, fast_vision
 from vlif_pipeline.vision.fast_generate import greedy_generate, mrope_positions
 from vlif_pipeline.vision.fast_vision import TowerLayout, encode_images
+from vlif_pipeline.vision.synthetic import SpecialTokens, prompt_batch
 
 VOCAB = 512
 IMAGE, VIDEO, START, END, IM_START, IM_END, PAD = 511, 510, 509, 508, 507, 506, 505
+TOKENS = SpecialTokens(IMAGE, START, END, IM_START, IM_END, PAD)
 # Images of different sizes: 8x8 patches is one window; 12x16 has windows of 16, 8 and 4 merged tokens.
 GRIDS = [(1, 12, 16), (1, 8, 8), (1, 16, 12), (1, 4, 8)]
 PROMPT_LENGTHS = [7, 3, 12, 5]
@@ -42,22 +44,7 @@ def model() -> Qwen2_5_VLForConditionalGeneration:
 
 def make_batch(grids: list[tuple[int, int, int]], prompt_lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
     """Left-padded chat-like prompts, one image each, random pixels."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for (t, h, w), n_text in zip(grids, prompt_lengths):
-        words = torch.randint(0, 500, (n_text,), generator=g)
-        rows.append(torch.cat([torch.tensor([IM_START, START]), torch.full((t * h * w // 4,), IMAGE),
-                               torch.tensor([END]), words, torch.tensor([IM_END, IM_START])]))
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), PAD)
-    attention_mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, length - len(r):] = r
-        attention_mask[i, length - len(r):] = 1
-    n_patches = sum(t * h * w for t, h, w in grids)
-    return dict(input_ids=input_ids, attention_mask=attention_mask,
-                pixel_values=torch.randn(n_patches, 3 * 2 * 14 * 14, generator=g),
-                image_grid_thw=torch.tensor(grids))
+    return prompt_batch(grids, prompt_lengths, TOKENS, vocab=500, seed=seed)
 
 
 def reference(model, batch: dict[str, torch.Tensor], max_new_tokens: int, eos: int) -> torch.Tensor:
