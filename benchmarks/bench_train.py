@@ -6,6 +6,7 @@ the trainer's epoch loop per model and one full evaluation of the validation spl
 
     flock /tmp/vlif-bench.lock python benchmarks/bench_train.py --out bench_train.json
     python3 benchmarks/bench_train.py --device cuda        # writes $OUT/bench_train.json when OUT is set
+    python3 benchmarks/bench_train.py --device cuda --steps both   # eager and CUDA-graph steps compared
 
 Needs numpy, scipy and torch only (no polars), so it runs on the GPU machine's bare Python.
 """
@@ -30,6 +31,7 @@ from vlif_pipeline.training.data import TrainData, resolve_device  # noqa: E402
 from vlif_pipeline.training.evaluator import Evaluator  # noqa: E402
 from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
 from vlif_pipeline.training.synthetic import make_synthetic, to_train_data  # noqa: E402
+from vlif_pipeline.training.step import GraphedStep, eager_step, make_optimizer, make_step  # noqa: E402
 from vlif_pipeline.training.trainer import train_epoch  # noqa: E402
 
 BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}
@@ -40,28 +42,47 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_epochs(name: str, data: TrainData, batch_size: int, epochs: int, warmup: int) -> dict[str, Any]:
-    """Median seconds of ``epochs`` timed epochs after ``warmup`` untimed ones (fresh model, seed 0)."""
+def _step_kind(step: object) -> str:
+    if not isinstance(step, GraphedStep):
+        return "eager"
+    return "cuda graph" if step.graph is not None else "eager, capture failed"
+
+
+def time_epochs(
+    name: str, data: TrainData, batch_size: int, epochs: int, warmup: int, graphed: bool
+) -> dict[str, Any]:
+    """Median seconds of ``epochs`` timed epochs after ``warmup`` untimed ones (fresh model, seed 0).
+
+    ``graphed``: the trainer's step (a CUDA graph for graphable models on CUDA); else plain eager steps.
+    """
     torch.manual_seed(0)
     try:
         model = build_model(name, data, {})
     except (ImportError, ValueError) as err:
         return {"skipped": f"{type(err).__name__}: {err}"}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    optimizer = make_optimizer(model, 1e-3)
+    if graphed:
+        step = make_step(model, optimizer, batch_size)
+    else:
+        def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+            return eager_step(model, optimizer, users, pos, neg)
     sampler = TripleSampler(data.train, seed=0)
-    times, cpu_times = [], []
+    times, cpu_times, losses = [], [], []
     for epoch in range(1, warmup + epochs + 1):
         sync(data.device)
         started, cpu_started = time.perf_counter(), time.process_time()
-        train_epoch(model, optimizer, sampler, epoch, batch_size)
+        losses.append(train_epoch(model, step, sampler, epoch, batch_size))
         sync(data.device)
         if epoch > warmup:
             times.append(time.perf_counter() - started)
             cpu_times.append(time.process_time() - cpu_started)
     return {
+        "step": _step_kind(step),
+        "capture_error": step.error if isinstance(step, GraphedStep) else None,
         "epoch_seconds": statistics.median(times),
         "all_seconds": times,
         "epoch_cpu_seconds": statistics.median(cpu_times),
+        "epoch_losses": losses,
         "model": model,
     }
 
@@ -84,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--models", default="bpr,lightgcn,freedom,vlif")
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument(
+        "--steps", choices=["auto", "eager", "both"], default="auto",
+        help="auto: the trainer's steps (CUDA graphs where possible); both: eager and graphed side by side",
+    )
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per model (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--eval-repeats", type=int, default=5)
@@ -120,15 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     eval_model = None
     for name in args.models.split(","):
-        timing = time_epochs(name, data, args.batch_size, args.epochs, args.warmup)
-        model = timing.pop("model", None)
-        if name == "lightgcn":
-            eval_model = model
-        results["models"][name] = timing
-        if "epoch_seconds" in timing:
-            rows.append((name, f"{timing['epoch_seconds']:.3f}", f"{timing['epoch_cpu_seconds']:.3f}"))
-        else:
-            rows.append((name, timing["skipped"], ""))
+        variants = {"auto": [True], "eager": [False], "both": [False, True]}[args.steps]
+        variants = variants if device.type == "cuda" else variants[:1]  # no graphs on a CPU
+        for graphed in variants:
+            timing = time_epochs(name, data, args.batch_size, args.epochs, args.warmup, graphed)
+            model = timing.pop("model", None)
+            if graphed and len(variants) > 1 and timing.get("step") == "eager":
+                continue  # the model is not graphable: the eager row already says it all
+            label = f"{name} ({timing.get('step', 'skipped')})"
+            if model is not None:
+                timing["valid_recall@20"] = evaluator.evaluate(model)["recall@20"]
+                if name == "lightgcn":
+                    eval_model = model
+            results["models"][label] = timing
+            if "epoch_seconds" in timing:
+                rows.append((label, f"{timing['epoch_seconds']:.3f}", f"{timing['epoch_cpu_seconds']:.3f}"))
+            else:
+                rows.append((label, timing["skipped"], ""))
     if eval_model is None:
         torch.manual_seed(0)
         eval_model = build_model("lightgcn", data, {})

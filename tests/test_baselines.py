@@ -22,6 +22,7 @@ from vlif_pipeline.training.data import TrainData
 from vlif_pipeline.training.evaluator import Evaluator
 from vlif_pipeline.training.sampler import TripleSampler
 from vlif_pipeline.training.synthetic import make_synthetic, to_train_data
+from vlif_pipeline.training.step import make_optimizer, make_step
 from vlif_pipeline.training.trainer import train_epoch
 
 torch.set_num_threads(1)
@@ -153,10 +154,10 @@ def test_training_learns_the_planted_structure(data: TrainData, name: str) -> No
     model = build_model(name, data, {})
     evaluator = Evaluator(data.train, data.valid, data.device)
     before = evaluator.evaluate(model)["recall@20"]
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, fused=True)
+    step = make_step(model, make_optimizer(model, 5e-3), 256)
     sampler = TripleSampler(data.train, 0)
     for epoch in range(1, 16):
-        train_epoch(model, optimizer, sampler, epoch, 256)
+        train_epoch(model, step, sampler, epoch, 256)
     after = evaluator.evaluate(model)["recall@20"]
     assert after > before + 0.05, (before, after)
 

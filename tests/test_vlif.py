@@ -16,6 +16,7 @@ from vlif_pipeline.models.fusion import (
     CrossModalBlock,
     RedundancyEncoder,
     SynergyEstimator,
+    first_occurrences,
     info_nce,
     remove_component,
 )
@@ -26,7 +27,7 @@ N_USERS, N_ITEMS, DIM = 60, 40, 16
 SMALL = {"embedding_dim": DIM, "mlp_hidden": 32, "ffn_dim": 32, "n_heads": 2}
 
 
-def tiny_data(seed: int = 0, k: int = 3) -> TrainData:
+def tiny_data(seed: int = 0, k: int = 3, device: str = "cpu") -> TrainData:
     """60 users x 40 items, 6 interactions each, 24-d text and 20-d visual features, all graphs."""
     rng = np.random.default_rng(seed)
     rows = np.repeat(np.arange(N_USERS), 6)
@@ -47,6 +48,7 @@ def tiny_data(seed: int = 0, k: int = 3) -> TrainData:
         visual=visual,
         item_knn=mixed_graph(neighbours, [0.5, 0.5]),
         user_user=user_user_graph(train, k),
+        device=device,
     )
 
 
@@ -149,6 +151,28 @@ def test_info_nce_rewards_alignment() -> None:
     torch.testing.assert_close(info_nce(e, 3 * e, 0.2), torch.tensor(np.log1p(np.exp(-5.0)), dtype=torch.float32))
 
 
+def test_first_occurrences_marks_each_distinct_value_once() -> None:
+    ids = torch.tensor([3, 1, 3, 2, 1, 1, 7])
+    assert first_occurrences(ids).tolist() == [True, True, False, True, False, False, True]
+    assert first_occurrences(torch.tensor([], dtype=torch.int64)).tolist() == []
+
+
+def test_masked_info_nce_equals_info_nce_of_the_kept_rows() -> None:
+    """Masking duplicates (fixed shapes, CUDA-graph safe) gives the loss and gradients of removing them."""
+    torch.manual_seed(0)
+    ids = torch.tensor([4, 0, 4, 2, 0, 5, 2, 1])
+    table_a, table_b = torch.randn(6, DIM, requires_grad=True), torch.randn(6, DIM, requires_grad=True)
+    masked = info_nce(table_a[ids], table_b[ids], 0.2, first_occurrences(ids))
+    (grad_masked,) = torch.autograd.grad(masked, table_a)
+    distinct = torch.unique(ids)
+    plain = info_nce(table_a[distinct], table_b[distinct], 0.2)
+    (grad_plain,) = torch.autograd.grad(plain, table_a)
+    torch.testing.assert_close(masked, plain)
+    torch.testing.assert_close(grad_masked, grad_plain)
+    all_rows = torch.ones(ids.numel(), dtype=torch.bool)
+    torch.testing.assert_close(info_nce(table_a[ids], table_b[ids], 0.2, all_rows), info_nce(table_a[ids], table_b[ids], 0.2))
+
+
 @pytest.mark.parametrize(("fusion", "width"), [("pooling", 1), ("concat", 2), ("weighted_concat", 2), ("pid", 3)])
 def test_shapes_and_loss_parts(data: TrainData, fusion: str, width: int) -> None:
     model = make(data, fusion=fusion)
@@ -218,6 +242,21 @@ def test_training_scores_match_evaluation_scores(data: TrainData) -> None:
     rows = torch.arange(users.shape[0])
     expected = torch.nn.functional.softplus(scores[rows, neg] - scores[rows, pos]).mean()
     torch.testing.assert_close(bpr.detach(), expected)
+
+
+def test_training_mode_drops_the_evaluation_cache(data: TrainData) -> None:
+    """Scores never come from embeddings cached before the parameters changed."""
+    model = make(data)
+    users = torch.arange(4)
+    with torch.no_grad():
+        model.eval()
+        model.prepare_eval()
+        before = model.score_users(users)
+        model.train()
+        model.user_text.weight.add_(1.0)
+        model.eval()
+        after = model.score_users(users)
+    assert not torch.allclose(before, after)
 
 
 def test_deterministic_on_cpu(data: TrainData) -> None:

@@ -17,10 +17,17 @@ class Recommender(torch.nn.Module):
     Subclasses declare their hyperparameters with defaults in ``DEFAULTS``; the constructor merges
     the given ``params`` over them (a key the model does not know is an error, never ignored) into
     ``self.hparams``. ``trainable = False`` marks models without parameters (evaluated once).
+
+    ``graphable = True`` declares that ``loss`` is a pure function of the parameters and the batch:
+    fixed shapes for a fixed batch size, no host synchronisation, no Python-side state. On CUDA the
+    trainer then captures whole training steps in a CUDA graph (``training/step.py``).
+    ``_cache`` holds what :meth:`prepare_eval` computed; switching to training mode drops it, since
+    captured steps replay no Python code that could invalidate it.
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     trainable: ClassVar[bool] = True
+    graphable: bool = False
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
         super().__init__()
@@ -32,6 +39,13 @@ class Recommender(torch.nn.Module):
         self.hparams: dict[str, Any] = {**self.DEFAULTS, **params}
         self.n_users = data.n_users
         self.n_items = data.n_items
+        self._cache: Any = None
+
+    def train(self, mode: bool = True) -> Recommender:
+        """Set the training mode; entering training drops the evaluation cache (it goes stale)."""
+        if mode:
+            self._cache = None
+        return super().train(mode)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         """Loss parts for a batch of triples, each (B,) int64: key ``loss`` is the total to minimise."""

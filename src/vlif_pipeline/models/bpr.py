@@ -16,6 +16,7 @@ class BPRMF(Recommender):
     """Matrix factorisation trained with the BPR loss plus L2 on the batch's embeddings."""
 
     DEFAULTS: ClassVar[dict[str, Any]] = {"embedding_dim": 64, "reg_weight": 1e-4}
+    graphable = True
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
         super().__init__(data, params)

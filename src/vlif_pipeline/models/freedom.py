@@ -67,7 +67,6 @@ class FREEDOM(Recommender):
         item_degree = torch.bincount(self.edge_items, minlength=data.n_items).float()
         self.edge_weight = (user_degree[self.edge_users] * item_degree[self.edge_items]).rsqrt()
         self.train_adj = self.full_adj
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def start_epoch(self) -> None:
         """Resample the pruned training graph (degree-sensitive, without replacement)."""
@@ -79,7 +78,6 @@ class FREEDOM(Recommender):
         self.train_adj = bipartite_adjacency(self.edge_users[kept], self.edge_items[kept], self.n_users, self.n_items)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._cache = None
         batch = users.shape[0]
         nodes = torch.cat([users, pos + self.n_users, neg + self.n_users])
         graph = layer_mean_rows(self.train_adj, self.embedding.weight, self.n_layers, nodes, self.train_adj)

@@ -157,10 +157,24 @@ def remove_component(x: torch.Tensor, r: torch.Tensor, eps: float = 1e-12) -> to
     return x - coef * r
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+def first_occurrences(ids: torch.Tensor) -> torch.Tensor:
+    """(n,) bool: True at the first position of each distinct value of ``ids`` (n,).
+
+    A fixed-shape stand-in for ``torch.unique``, whose data-dependent size would force a host
+    synchronisation and rule out CUDA-graph capture of a training step.
+    """
+    ordered, order = torch.sort(ids, stable=True)
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(first).scatter_(0, order, first)
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE on cosine similarity: row k of a and of b are positives, other rows negatives.
 
-    a, b (n, d) -> scalar; the mean of the a->b and b->a cross-entropies. Cosines are at most 1, so
+    a, b (n, d) -> scalar; the mean of the a->b and b->a cross-entropies over the rows where ``keep``
+    (n,) bool is True (all rows when None); dropped rows are neither anchors nor negatives, so the
+    loss equals the plain loss of ``a[keep]``, ``b[keep]``. Cosines are at most 1, so
     exp((cos - 1) / temperature) lies in [exp(-2 / temperature), 1]: one exponential of the (n, n)
     logits serves the row and the column log-sum-exp, with neither overflow nor (for temperature
     >= 0.025) underflow.
@@ -169,4 +183,10 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tens
     b = F.normalize(b, dim=-1)
     shifted = torch.exp((a @ b.T - 1) / temperature)  # (n, n)
     positives = ((a * b).sum(-1) - 1) / temperature  # (n,), the shifted diagonal logits
-    return ((shifted.sum(1).log() + shifted.sum(0).log()) / 2 - positives).mean()
+    if keep is None:
+        return ((shifted.sum(1).log() + shifted.sum(0).log()) / 2 - positives).mean()
+    weight = keep.to(shifted.dtype)
+    shifted = shifted * weight.unsqueeze(0) * weight.unsqueeze(1)
+    dropped = 1 - weight  # log(0 + 1) = 0 on dropped rows: no -inf, no NaN gradient
+    per_row = ((shifted.sum(1) + dropped).log() + (shifted.sum(0) + dropped).log()) / 2 - positives
+    return (per_row * weight).sum() / weight.sum()

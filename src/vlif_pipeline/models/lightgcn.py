@@ -21,16 +21,15 @@ class LightGCN(Recommender):
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = {"embedding_dim": 64, "n_layers": 2, "reg_weight": 1e-4}
+    graphable = True
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
         super().__init__(data, params)
         self.embedding = xavier_embedding(data.n_users + data.n_items, int(self.hparams["embedding_dim"]))
         self.n_layers = int(self.hparams["n_layers"])
         self.adj = data.user_item
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._cache = None
         nodes = torch.cat([users, pos + self.n_users, neg + self.n_users])
         final = layer_mean_rows(self.adj, self.embedding.weight, self.n_layers, nodes, self.adj)
         u, p, n = final.split(users.shape[0])

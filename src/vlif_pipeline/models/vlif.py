@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
-from vlif_pipeline.models.fusion import RedundancyEncoder, SynergyEstimator, info_nce, remove_component
+from vlif_pipeline.models.fusion import (
+    RedundancyEncoder,
+    SynergyEstimator,
+    first_occurrences,
+    info_nce,
+    remove_component,
+)
 from vlif_pipeline.models.propagation import propagate, propagate_rows, spmm, transpose
 
 if TYPE_CHECKING:
@@ -166,10 +172,10 @@ class VLIF(Recommender):
             raise ValueError(f"VLIF: restrict must be 'auto', true or false, got {hp['restrict']!r}")
         # restriction saves work on a CPU; on a GPU its host synchronisations cost more than the work
         self.restrict = data.device.type == "cpu" if hp["restrict"] == "auto" else bool(hp["restrict"])
+        self.graphable = not self.restrict  # restriction's reach sets have data-dependent sizes
         # a missing graph or 0 layers: z = f on that side
         self.user_side = self._side(data.user_user, int(hp["n_user_layers"]))
         self.item_side = self._side(data.item_knn, int(hp["n_item_layers"]))
-        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _side(self, graph: torch.Tensor | None, n_layers: int) -> _Homogeneous | None:
         """The homogeneous graph (n, n) with what propagation and restriction need; None when unused."""
@@ -260,7 +266,6 @@ class VLIF(Recommender):
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         """BPR + lambda * (L_s + L_r) + L2 on the batch's user embeddings; users, pos, neg (B,)."""
-        self._cache = None
         items = torch.cat([pos, neg])
         if self.restrict:
             user_levels = self._needed(self.user_side, users)
@@ -276,26 +281,28 @@ class VLIF(Recommender):
         parts = {"bpr": bpr, "reg": reg}
         total = bpr + reg
         if self.fusion == "pid":
-            user_ids, item_ids = torch.unique(users), torch.unique(pos)
+            # each distinct user and positive item once: duplicates are masked, not removed (fixed shapes)
             if self.restrict:
-                user_rows = torch.searchsorted(user_levels[-1], user_ids)
-                item_rows = user_levels[-1].numel() + torch.searchsorted(item_levels[-1], item_ids)
+                user_rows = torch.searchsorted(user_levels[-1], users)
+                item_rows = user_levels[-1].numel() + torch.searchsorted(item_levels[-1], pos)
             else:
-                user_rows, item_rows = user_ids, self.n_users + item_ids
-            user_synergy, user_redundancy = self._contrastive(fused, user_rows)
-            item_synergy, item_redundancy = self._contrastive(fused, item_rows)
+                user_rows, item_rows = users, self.n_users + pos
+            user_synergy, user_redundancy = self._contrastive(fused, user_rows, first_occurrences(users))
+            item_synergy, item_redundancy = self._contrastive(fused, item_rows, first_occurrences(pos))
             parts["synergy"] = (user_synergy + item_synergy) / 2
             parts["redundancy"] = (user_redundancy + item_redundancy) / 2
             total = total + self.hparams["lambda"] * (parts["synergy"] + parts["redundancy"])
         return {"loss": total, **parts}
 
-    def _contrastive(self, fused: _Fused, view_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_s (eq. 15) and L_r (eq. 16) over the nodes at ``view_rows`` (n,) of the views, among themselves."""
+    def _contrastive(
+        self, fused: _Fused, view_rows: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_s (eq. 15) and L_r (eq. 16) among the nodes at ``view_rows`` (n,) of the views where ``keep`` (n,)."""
         h_vt, h_tv = fused.synergy_views[:, view_rows]
         h, h_v, h_t = fused.redundancy_views[:, view_rows]
         temperature = float(self.hparams["temperature"])
-        synergy = info_nce(h_vt, h_tv, temperature)
-        redundancy = sum(info_nce(a, b, temperature) for a, b in ((h, h_v), (h, h_t), (h_v, h_t)))
+        synergy = info_nce(h_vt, h_tv, temperature, keep)
+        redundancy = sum(info_nce(a, b, temperature, keep) for a, b in ((h, h_v), (h, h_t), (h_v, h_t)))
         return synergy, redundancy
 
     @staticmethod

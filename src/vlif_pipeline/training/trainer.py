@@ -28,6 +28,7 @@ from vlif_pipeline.training.checkpoint import cpu_state_dict, load_checkpoint, r
 from vlif_pipeline.training.data import TrainData
 from vlif_pipeline.training.evaluator import Evaluator
 from vlif_pipeline.training.sampler import TripleSampler
+from vlif_pipeline.training.step import Step, load_optimizer_state, make_optimizer, make_step
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
@@ -108,9 +109,9 @@ def _fingerprint(model: str, trainer: dict[str, Any], hparams: dict[str, Any], d
 
 
 def train_epoch(
-    model: Recommender, optimizer: torch.optim.Optimizer, sampler: TripleSampler, epoch: int, batch_size: int
+    model: Recommender, step: Step, sampler: TripleSampler, epoch: int, batch_size: int
 ) -> dict[str, float]:
-    """One pass over the epoch's shuffled triples; returns the mean of every loss part.
+    """One pass over the epoch's shuffled triples through ``step``; returns the mean of every loss part.
 
     Loss parts are summed on the device and read once at the end (no per-batch host sync on a GPU).
     """
@@ -122,13 +123,9 @@ def train_epoch(
     n_batches = 0
     for start in range(0, users.numel(), batch_size):
         stop = start + batch_size
-        parts = model.loss(users[start:stop], pos[start:stop], neg[start:stop])
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
-        for key, value in parts.items():
-            value = value.detach()
-            sums[key] = sums[key] + value if key in sums else value
+        for key, value in step(users[start:stop], pos[start:stop], neg[start:stop]).items():
+            # out of place: a graphed step's parts are buffers that its next replay overwrites
+            sums[key] = sums[key] + value if key in sums else value.clone()
         n_batches += 1
     return {key: float(total) / n_batches for key, total in sums.items()}
 
@@ -188,15 +185,16 @@ class Trainer:
 
     def _train(self) -> dict[str, Any]:
         settings = self.settings
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=settings["learning_rate"], fused=True)
+        optimizer = make_optimizer(self.model, settings["learning_rate"])
         path = self.out_dir / CHECKPOINT
         state = self._resume(path, optimizer) or self._fresh_state()
         sampler = TripleSampler(self.data.train, settings["seed"])
         batch_size = settings["batch_size"]
+        step = make_step(self.model, optimizer, batch_size)
         while not state["stopped_reason"] and state["epoch"] < settings["max_epochs"]:
             epoch = state["epoch"] + 1
             started = time.perf_counter()
-            parts = train_epoch(self.model, optimizer, sampler, epoch, batch_size)
+            parts = train_epoch(self.model, step, sampler, epoch, batch_size)
             train_seconds = time.perf_counter() - started
             if not all(math.isfinite(v) for v in parts.values()):
                 kept = f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state["epoch"] else (
@@ -242,7 +240,7 @@ class Trainer:
             self.logger.warning("%s belongs to another configuration or dataset: starting from scratch", path)
             return None
         self.model.load_state_dict(saved.pop("model"))
-        optimizer.load_state_dict(saved.pop("optimizer"))
+        load_optimizer_state(optimizer, saved.pop("optimizer"))
         set_rng_state(saved.pop("rng"))
         self.logger.info("resumed from %s after epoch %d", path, saved["epoch"])
         return saved
