@@ -17,6 +17,7 @@ a check fails; the JSON lists every check with what was measured.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -71,6 +72,14 @@ def write_inputs(root: Path, n_items: int) -> tuple[Path, Path]:
     return manifest, items
 
 
+def settled_memory() -> int:
+    """Bytes allocated on the GPU once unreachable objects are collected and the cache is emptied."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
 def run_stage(root: Path, name: str, model: Path, manifest: Path, items: Path, cache: Path,
               device: str, engine: str, batch_size: int, max_new_tokens: int) -> dict[str, Any]:
     """One run of the caption stage's CLI; returns its wall time, exit code, statuses and captions."""
@@ -80,14 +89,16 @@ def run_stage(root: Path, name: str, model: Path, manifest: Path, items: Path, c
             "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens), "--device", device,
             "--engine", engine, "--threads", "2", "--max-failed-fraction", "0.5", "--log", str(log)]
     if device == "cuda":
-        torch.cuda.synchronize()
+        baseline = settled_memory()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     code = captioner.main(argv)
     seconds = time.perf_counter() - started
     result: dict[str, Any] = {"exit_code": code, "seconds": round(seconds, 3), "log": log.read_text()}
     if device == "cuda":
-        result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        # relative to what was allocated before the run: earlier runs' leftovers must not count
+        result["peak_bytes"] = torch.cuda.max_memory_allocated() - baseline
+        result["retained_bytes"] = settled_memory() - baseline
     if out.exists():
         table = pq.read_table(out).to_pylist()
         result["statuses"] = {s: sum(r["status"] == s for r in table) for s in {r["status"] for r in table}}
@@ -142,13 +153,15 @@ def check(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                               "torch": torch.__version__, "captions_equal_hf_fast": f"{same}/{args.items}"}
     if args.device == "cuda":
-        big = runs["fast"]["peak_allocated_bytes"]
+        # peaks measured after the first fast run, which also allocates one-off per-process buffers
+        # (cuBLAS keeps a workspace per stream it has run on)
         runs["small_batch"] = run_stage(root, "small_batch", cache=root / "cache_small", engine="fast",
                                         batch_size=2, **common)
-        small = runs["small_batch"]["peak_allocated_bytes"]
+        runs["full_batch"] = run_stage(root, "full_batch", cache=root / "cache_full", engine="fast",
+                                       batch_size=args.batch_size, **common)
+        small, big = runs["small_batch"]["peak_bytes"], runs["full_batch"]["peak_bytes"]
         # a cap between the peaks of batch 2 and of the full batch: the full batch must hit a real OOM
-        limit = (small + big) / 2
-        torch.cuda.empty_cache()
+        limit = settled_memory() + (small + big) / 2
         torch.cuda.set_per_process_memory_fraction(limit / torch.cuda.get_device_properties(0).total_memory)
         runs["oom"] = run_stage(root, "oom", cache=root / "cache_oom", engine="fast", batch_size=args.batch_size,
                                 **common)
@@ -156,6 +169,11 @@ def check(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         report["oom_cap_bytes"] = {"batch_2_peak": small, "full_batch_peak": big, "cap": int(limit)}
         checks["OOM: the batch was halved and every status is as expected"] = (
             "CUDA out of memory at batch" in runs["oom"]["log"] and runs["oom"].get("statuses") == expected
+        )
+        retained = {name: run["retained_bytes"] for name, run in runs.items()}
+        report["retained_bytes"] = retained
+        checks["GPU memory: after the first fast run, a finished run keeps under 1 MiB allocated"] = all(
+            retained[name] < 1 << 20 for name in ("fast_rerun", "small_batch", "full_batch", "oom")
         )
     report["checks"] = checks
     report["runs"] = {name: {k: v for k, v in run.items() if k != "captions"} for name, run in runs.items()}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from vlif_pipeline.cuda_streams import warmup_stream
 from vlif_pipeline.models.base import Recommender
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
@@ -68,7 +69,7 @@ class GraphedStep:
         self.error: str | None = None
         self.inputs: tuple[torch.Tensor, ...] = ()
         self.parts: dict[str, torch.Tensor] = {}
-        self.side = torch.cuda.Stream(next(model.parameters()).device)
+        self.side = warmup_stream(next(model.parameters()).device)
 
     def __call__(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         if users.numel() != self.batch_size or self.error is not None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlif_pipeline.cuda_streams import warmup_stream
 from vlif_pipeline.vision.fast_vision import TowerLayout, encode_images
 
 # Prompt tokens per prefill chunk (rows x prompt length): bounds the MLP intermediates to ~1.2 GiB
@@ -303,7 +304,7 @@ def decode(model: nn.Module, state: DecodeState, eos_token_id: int | None, pad_t
     # Two eager steps on a side stream (lazy library initialisation happens outside the capture),
     # then the graph; capturing records kernels without running them.
     warmup = min(2, steps)
-    side = torch.cuda.Stream()
+    side = warmup_stream(state.tokens.device)
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmup):
