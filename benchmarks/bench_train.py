@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per model (median reported)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--eval-repeats", type=int, default=5)
-    parser.add_argument("--eval-batch-size", type=int, default=4096)
+    parser.add_argument("--eval-batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the dataset (quick checks only)")
     parser.add_argument("--out", help="JSON results path (default $OUT/bench_train.json when OUT is set)")

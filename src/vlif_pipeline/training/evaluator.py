@@ -37,7 +37,7 @@ class Evaluator:
         mask: sp.csr_matrix,
         target: sp.csr_matrix,
         device: torch.device,
-        batch_size: int = 4096,
+        batch_size: int = 512,
         ks: tuple[int, ...] = KS,
     ) -> None:
         self.n_items = target.shape[1]
@@ -48,6 +48,9 @@ class Evaluator:
         self.batches = [
             self._prepare(users[start : start + batch_size], mask, target) for start in range(0, users.size, batch_size)
         ]
+        self.n_relevant = torch.cat([b.n_relevant for b in self.batches]) if self.batches else None
+        # a batch's local row r, as a key offset: the key of (r, item) is r * n_items + item
+        self.row_offsets = torch.arange(min(batch_size, max(users.size, 1)), device=device).unsqueeze(1) * self.n_items
 
     def _prepare(self, users: np.ndarray, mask: sp.csr_matrix, target: sp.csr_matrix) -> _Batch:
         def coords(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -72,25 +75,31 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, model: Recommender) -> dict[str, float]:
-        """Mean of every metric in ``metric_keys(ks)`` over the evaluated users."""
+        """Mean of every metric in ``metric_keys(ks)`` over the evaluated users.
+
+        Per batch only score -> mask -> top-k -> hits; the metrics are computed once over all users'
+        hits, since per-batch metric arithmetic costs more than it computes at small batch sizes.
+        """
         was_training = model.training
         model.eval()
         model.prepare_eval()
-        width = min(max(self.ks), self.n_items)
-        totals = {key: torch.zeros((), dtype=torch.float64, device=self.device) for key in metric_keys(self.ks)}
+        depth = max(self.ks)
+        width = min(depth, self.n_items)
         rows = max((batch.users.numel() for batch in self.batches), default=0)
         buffer = torch.empty((rows, self.n_items), device=self.device)  # reused: see Recommender.score_users
+        hits = torch.zeros((self.n_users, depth), dtype=torch.bool, device=self.device)
+        start = 0
         for batch in self.batches:
-            scores = model.score_users(batch.users, out=buffer[: batch.users.numel()])
+            size = batch.users.numel()
+            scores = model.score_users(batch.users, out=buffer[:size])
             scores[batch.mask_rows, batch.mask_cols] = float("-inf")
             top_scores, top_items = torch.topk(scores, width, dim=1)
-            local = torch.arange(batch.users.numel(), device=self.device).unsqueeze(1)
-            queries = local * self.n_items + top_items
+            queries = top_items.add_(self.row_offsets[:size])
             where = torch.searchsorted(batch.target_keys, queries).clamp_(max=batch.target_keys.numel() - 1)
-            hits = (batch.target_keys[where] == queries) & (top_scores > float("-inf"))
-            if width < max(self.ks):
-                hits = torch.nn.functional.pad(hits, (0, max(self.ks) - width))
-            for key, values in ranking_metrics(hits, batch.n_relevant, self.ks).items():
-                totals[key] += values.sum()
+            hits[start : start + size, :width] = (batch.target_keys[where] == queries) & (top_scores > float("-inf"))
+            start += size
         model.train(was_training)
-        return {key: float(total) / max(self.n_users, 1) for key, total in totals.items()}
+        if self.n_users == 0:
+            return {key: 0.0 for key in metric_keys(self.ks)}
+        values = ranking_metrics(hits, self.n_relevant, self.ks)
+        return {key: float(values[key].sum()) / self.n_users for key in metric_keys(self.ks)}

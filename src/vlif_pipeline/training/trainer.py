@@ -37,7 +37,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "patience": 20,
     "eval_every": 1,
     "seed": 42,
-    "eval_batch_size": 4096,
+    "eval_batch_size": 512,
 }
 STOP_METRIC = "recall@20"
 CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
