@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from vlif_pipeline.models.base import Recommender
-from vlif_pipeline.training.evaluator import Evaluator
+from vlif_pipeline.training.evaluator import Evaluator, top_k
 
 
 class FixedScores(Recommender):
@@ -71,13 +71,14 @@ def reference(scores: np.ndarray, train: sp.csr_matrix, target: sp.csr_matrix, k
     return {f"{name}@{k}": total / users for name, total in sums.items()}
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 4096])
-def test_matches_per_user_reference_for_any_batch_size(batch_size: int) -> None:
+@pytest.mark.parametrize(("batch_size", "n_items"), [(1, 40), (7, 40), (4096, 40), (16, 1000)])
+def test_matches_per_user_reference_for_any_batch_size(batch_size: int, n_items: int) -> None:
+    """1000 items take the blocked top-k path (top_k), 40 items plain torch.topk."""
     rng = np.random.default_rng(3)
-    n_users, n_items = 60, 40
+    n_users = 60
     dense = rng.random((n_users, n_items))
     train = sp.csr_matrix(dense < 0.2, dtype=np.float32)
-    held_out = (dense >= 0.2) & (dense < 0.45)  # many users with |T| > 5
+    held_out = (dense >= 0.2) & (dense < 0.2 + 10 / n_items)  # many users with |T| > 5
     held_out[5] = False  # a user without target items is skipped
     target = sp.csr_matrix(held_out, dtype=np.float32)
     scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
@@ -101,3 +102,20 @@ def test_k_larger_than_the_catalogue() -> None:
     assert out["recall@2"] == pytest.approx(1.0)
     assert out["precision@5"] == pytest.approx(1 / 5)
     assert out["ndcg@2"] == pytest.approx(1 / math.log2(3))
+
+
+@pytest.mark.parametrize("n_items", [7050, 4000, 4001])
+def test_blocked_top_k_returns_torch_topk_values(n_items: int) -> None:
+    """Ties, -inf (masked), NaN and a width that is not a multiple of the block: same values, valid columns."""
+    generator = torch.Generator().manual_seed(n_items)
+    scores = torch.randn(64, n_items, generator=generator)
+    scores[torch.rand(64, n_items, generator=generator) < 0.01] = float("-inf")
+    scores[3, :] = float("-inf")  # a row with nothing left
+    scores[4, :] = 1.0  # a row of ties
+    scores[5, :40] = 7.0  # ties inside the top k
+    scores[6, 17] = float("nan")
+    values, columns = top_k(scores, 50)
+    expected, _ = torch.topk(scores, 50, dim=1)
+    torch.testing.assert_close(values, expected, equal_nan=True)
+    torch.testing.assert_close(scores.gather(1, columns), values, equal_nan=True)
+    assert all(len(set(row)) == 50 for row in columns.tolist()), "a column was picked twice"

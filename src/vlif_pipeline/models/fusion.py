@@ -186,7 +186,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keep: torch.T
     if keep is None:
         return ((shifted.sum(1).log() + shifted.sum(0).log()) / 2 - positives).mean()
     weight = keep.to(shifted.dtype)
-    shifted = shifted * weight.unsqueeze(0) * weight.unsqueeze(1)
-    dropped = 1 - weight  # log(0 + 1) = 0 on dropped rows: no -inf, no NaN gradient
-    per_row = ((shifted.sum(1) + dropped).log() + (shifted.sum(0) + dropped).log()) / 2 - positives
+    # sums over kept columns (a -> b) and kept rows (b -> a) as matrix-vector products: no masked
+    # (n, n) copy; a dropped row's own terms are finite and weighted 0 below
+    per_row = ((shifted @ weight).log() + (weight @ shifted).log()) / 2 - positives
     return (per_row * weight).sum() / weight.sum()

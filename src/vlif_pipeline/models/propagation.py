@@ -95,7 +95,7 @@ def propagate_rows(
     of A and multiplying only those (forward and backward) is no faster than the full product,
     because a training batch's neighbourhood covers most of the graph.
     """
-    return [layer[index] for layer in propagate(adj, x, n_layers, adj_t)]
+    return [layer.index_select(0, index) for layer in propagate(adj, x, n_layers, adj_t)]
 
 
 class _LayerMeanRows(torch.autograd.Function):

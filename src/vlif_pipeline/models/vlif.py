@@ -208,8 +208,9 @@ class VLIF(Recommender):
         """Fused embeddings of user ids ``users`` (R_u,) and item ids ``items`` (R_i,); None = all."""
         text_layers, vision_layers = self._tokens()
         nodes = None if users is None else torch.cat([users, items + self.n_users])
-        t_tokens = torch.stack([layer if nodes is None else layer[nodes] for layer in text_layers], dim=1)
-        v_tokens = torch.stack([layer if nodes is None else layer[nodes] for layer in vision_layers], dim=1)
+        # index_select, not [nodes]: its backward (index_add) is ~4x faster on a CPU than index_put's
+        t_tokens = torch.stack([layer if nodes is None else layer.index_select(0, nodes) for layer in text_layers], 1)
+        v_tokens = torch.stack([layer if nodes is None else layer.index_select(0, nodes) for layer in vision_layers], 1)
         n_user_rows = self.n_users if users is None else users.numel()
         t, v = t_tokens.sum(1), v_tokens.sum(1)  # eq. 2, (R, d) with R = R_u + R_i
         synergy_views = redundancy_views = None
@@ -252,10 +253,10 @@ class VLIF(Recommender):
         """
         if levels is None:
             if side is None:
-                return fused[row_ids]
+                return fused.index_select(0, row_ids)
             layers = propagate_rows(side.graph, fused, side.n_layers, row_ids, adj_t=side.graph_t)
             return layers[0] + layers[-1]
-        own = fused[torch.searchsorted(levels[-1], row_ids)]
+        own = fused.index_select(0, torch.searchsorted(levels[-1], row_ids))
         if side is None:
             return own
         targets = [row_ids, *levels[:-1]]
@@ -298,8 +299,8 @@ class VLIF(Recommender):
         self, fused: _Fused, view_rows: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """L_s (eq. 15) and L_r (eq. 16) among the nodes at ``view_rows`` (n,) of the views where ``keep`` (n,)."""
-        h_vt, h_tv = fused.synergy_views[:, view_rows]
-        h, h_v, h_t = fused.redundancy_views[:, view_rows]
+        h_vt, h_tv = fused.synergy_views.index_select(1, view_rows)
+        h, h_v, h_t = fused.redundancy_views.index_select(1, view_rows)
         temperature = float(self.hparams["temperature"])
         synergy = info_nce(h_vt, h_tv, temperature, keep)
         redundancy = sum(info_nce(a, b, temperature, keep) for a, b in ((h, h_v), (h, h_t), (h_v, h_t)))
