@@ -31,7 +31,7 @@ from vlif_pipeline.training.data import TrainData, resolve_device  # noqa: E402
 from vlif_pipeline.training.evaluator import Evaluator  # noqa: E402
 from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
 from vlif_pipeline.training.synthetic import make_synthetic, to_train_data  # noqa: E402
-from vlif_pipeline.training.step import GraphedStep, eager_step, make_optimizer, make_step  # noqa: E402
+from vlif_pipeline.training.step import GraphedStep, make_optimizer, make_step  # noqa: E402
 from vlif_pipeline.training.trainer import train_epoch  # noqa: E402
 
 BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}
@@ -61,11 +61,7 @@ def time_epochs(
     except (ImportError, ValueError) as err:
         return {"skipped": f"{type(err).__name__}: {err}"}
     optimizer = make_optimizer(model, 1e-3)
-    if graphed:
-        step = make_step(model, optimizer, batch_size)
-    else:
-        def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-            return eager_step(model, optimizer, users, pos, neg)
+    step = make_step(model, optimizer, batch_size, graphs=graphed)
     sampler = TripleSampler(data.train, seed=0)
     times, cpu_times, losses = [], [], []
     for epoch in range(1, warmup + epochs + 1):

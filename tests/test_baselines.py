@@ -124,6 +124,13 @@ def test_popularity_ranks_by_train_counts(data: TrainData) -> None:
     assert not model.trainable and not list(model.parameters())
 
 
+def test_popularity_cannot_be_trained(data: TrainData) -> None:
+    model = build_model("popularity", data, {})
+    ids = torch.zeros(2, dtype=torch.int64)
+    with pytest.raises(TypeError, match="Popularity has no parameters to train"):
+        model.loss(ids, ids, ids)
+
+
 def test_freedom_needs_the_item_graph(data: TrainData) -> None:
     from dataclasses import replace
 

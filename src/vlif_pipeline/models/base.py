@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
 
 
-class Recommender(torch.nn.Module):
+class Recommender(torch.nn.Module, ABC):
     """Base class: BPR-style training on (user, positive, negative) triples and full-ranking scores.
 
     Subclasses declare their hyperparameters with defaults in ``DEFAULTS``; the constructor merges
@@ -48,16 +49,19 @@ class Recommender(torch.nn.Module):
         return super().train(mode)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss parts for a batch of triples, each (B,) int64: key ``loss`` is the total to minimise."""
-        raise NotImplementedError
+        """Loss parts for a batch of triples, each (B,) int64: key ``loss`` is the total to minimise.
 
+        Trainable models override this; a model with ``trainable = False`` is only ever evaluated.
+        """
+        raise TypeError(f"{type(self).__name__} has no parameters to train (trainable = False)")
+
+    @abstractmethod
     def score_users(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Scores (B, I) of every item for users (B,), which the evaluator masks in place.
 
         Written into ``out`` (B, I) when given: the evaluator reuses one buffer, because a fresh
-        tensor of 4096 x 7,050 floats per batch costs more in page faults than the product itself.
+        tensor of (B, I) floats per batch can cost more in page faults than the product itself.
         """
-        raise NotImplementedError
 
     def prepare_eval(self) -> None:
         """Cache whatever scoring needs (propagated embeddings); called under no_grad before evaluating."""

@@ -9,6 +9,7 @@ host synchronisation (models say so with ``Recommender.graphable``) and a captur
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -106,8 +107,8 @@ class GraphedStep:
         return self.parts
 
 
-def make_step(model: Recommender, optimizer: torch.optim.Optimizer, batch_size: int) -> Step:
-    """The step function for ``model``: graphed on CUDA when the model allows it, else eager."""
-    if next(model.parameters()).device.type == "cuda" and model.graphable:
+def make_step(model: Recommender, optimizer: torch.optim.Optimizer, batch_size: int, graphs: bool = True) -> Step:
+    """The step function for ``model``: graphed on CUDA when ``graphs`` and the model allow it, else eager."""
+    if graphs and next(model.parameters()).device.type == "cuda" and model.graphable:
         return GraphedStep(model, optimizer, batch_size)
-    return lambda users, pos, neg: eager_step(model, optimizer, users, pos, neg)
+    return functools.partial(eager_step, model, optimizer)
