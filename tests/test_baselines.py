@@ -12,6 +12,7 @@ from vlif_pipeline.models import build_model, model_class
 from vlif_pipeline.models.propagation import (
     bipartite_adjacency,
     layer_mean_rows,
+    layer_rows,
     propagate,
     propagate_rows,
     spmm,
@@ -183,3 +184,21 @@ def test_layer_mean_rows_matches_autograd_through_propagate() -> None:
     (got * weights).sum().backward()
     (want * weights).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_layer_rows_matches_autograd_through_propagate() -> None:
+    adj = to_torch_sparse(random_sparse(20, 20, 6))  # not symmetric: the backward needs the transpose
+    index = torch.tensor([5, 0, 5, 19, 3])  # repeats and any order
+    for rows in (index, None):
+        x1 = torch.randn(20, 4, requires_grad=True)
+        x2 = x1.detach().clone().requires_grad_(True)
+        got = layer_rows(adj, x1, 2, rows)
+        want = torch.stack(propagate(adj, x2, 2), 1)
+        want = want if rows is None else want[rows]
+        assert got.shape == want.shape == (20 if rows is None else 5, 3, 4)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(layer_rows(adj, x1.detach(), 2, rows), want)  # no-grad path
+        weights = torch.randn(got.shape)
+        (got * weights).sum().backward()
+        (want * weights).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad)

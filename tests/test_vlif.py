@@ -191,13 +191,13 @@ def test_shapes_and_loss_parts(data: TrainData, fusion: str, width: int) -> None
 def test_unique_vision_is_orthogonal_to_redundancy(data: TrainData) -> None:
     model = make(data)
     with torch.no_grad():
-        text_layers, _ = model._tokens()
+        text_tokens, _ = model._tokens(None)
         fused = model._fused(None, None)
     r = fused.redundancy_views.mean(0)[N_USERS:]
     unique = fused.items[:, 2 * DIM :]
     cosine = (unique * r).sum(1) / (unique.norm(dim=1) * r.norm(dim=1))
     assert cosine.abs().max() < 1e-4
-    torch.testing.assert_close(fused.items[:, :DIM], sum(layer[N_USERS:] for layer in text_layers))
+    torch.testing.assert_close(fused.items[:, :DIM], text_tokens[N_USERS:].sum(1))
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

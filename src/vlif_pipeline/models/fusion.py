@@ -52,9 +52,31 @@ class _PreNormBlock(nn.Module):
         self.gain_ffn = nn.Parameter(torch.full((dim,), layer_scale))
 
     def finish(self, stream: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Attention residual then feed-forward residual; stream and attended (*, d) -> (*, d)."""
-        x = stream + self.gain_attn * self.out(attended)
-        return x + self.gain_ffn * self.ffn(self.norm_ffn(x))
+        """Attention residual then feed-forward residual; attended (*, d) -> (*, d).
+
+        stream: (*, d), or one row (1, d) that every row shares (the redundancy encoder's CLS).
+        The LayerScale gains are folded into the weights of the branches' last linear layers
+        (64 x 64 products) rather than multiplied into their (*, d) outputs, and a shared stream
+        row into the bias: fewer passes over the node tensors forward and backward, same values.
+        """
+        weight, bias = self.out.weight * self.gain_attn[:, None], self.out.bias * self.gain_attn
+        if stream.shape[0] == 1:
+            x = F.linear(attended, weight, bias + stream[0])
+        else:
+            x = stream + F.linear(attended, weight, bias)
+        inner, act, outer = self.ffn
+        hidden = act(inner(self.norm_ffn(x)))
+        return x + F.linear(hidden, outer.weight * self.gain_ffn[:, None], outer.bias * self.gain_ffn)
+
+    def keys_values(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (*, d) each of normed tokens (*, d), as two contiguous products.
+
+        One product into (*, 2d) halved by ``chunk`` leaves strided halves that the attention's
+        broadcasts and their gradients copy again.
+        """
+        d = normed.shape[-1]
+        w, b = self.key_value.weight, self.key_value.bias
+        return F.linear(normed, w[:d], b[:d]), F.linear(normed, w[d:], b[d:])
 
 
 class CrossModalBlock(_PreNormBlock):
@@ -65,7 +87,7 @@ class CrossModalBlock(_PreNormBlock):
 
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         q = self.query(self.norm_attn(query))
-        keys, values = self.key_value(self.norm_attn(tokens)).chunk(2, dim=-1)
+        keys, values = self.keys_values(self.norm_attn(tokens))
         return self.finish(query, attend(q, keys, values, self.n_heads))
 
 
@@ -126,7 +148,7 @@ class RedundancyEncoder(_PreNormBlock):
         query = self.query(self.norm_attn(self.cls)).view(heads)  # (H, c)
         real = self.norm_attn(torch.stack([v, t], dim=1) + self.modality)  # (n, 2, d): vision, text
         fixed = self.norm_attn(torch.cat([self.cls, self.masks + self.modality]))  # (3, d): CLS, MASK_v, MASK_t
-        real_keys, real_values = self.key_value(real).unflatten(-1, (2, *heads)).unbind(-3)  # (n, 2, H, c)
+        real_keys, real_values = (x.unflatten(-1, heads) for x in self.keys_values(real))  # (n, 2, H, c)
         fixed_keys, fixed_values = self.key_value(fixed).unflatten(-1, (2, *heads)).unbind(-3)  # (3, H, c)
         scale = heads[1] ** -0.5
         real_scores = (real_keys * query).sum(-1) * scale  # (n, 2, H)
@@ -181,7 +203,10 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keep: torch.T
     """
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
-    shifted = torch.exp((a @ b.T - 1) / temperature)  # (n, n)
+    # (cos - 1) / temperature by one GEMM (alpha, and a broadcast shift as its input), then exp in
+    # place: two passes over the (n, n) matrix instead of four
+    shift = a.new_full((1, 1), -1.0 / temperature)  # a fill, not a host copy: safe in a CUDA graph
+    shifted = torch.addmm(shift, a, b.T, alpha=1.0 / temperature).exp_()  # (n, n)
     positives = ((a * b).sum(-1) - 1) / temperature  # (n,), the shifted diagonal logits
     if keep is None:
         return ((shifted.sum(1).log() + shifted.sum(0).log()) / 2 - positives).mean()

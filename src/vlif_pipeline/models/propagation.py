@@ -98,6 +98,63 @@ def propagate_rows(
     return [layer.index_select(0, index) for layer in propagate(adj, x, n_layers, adj_t)]
 
 
+class _LayerRows(torch.autograd.Function):
+    """Rows of every layer [x, A x, ..., A^L x], stacked, with a Horner's-rule backward.
+
+    Autograd through :func:`propagate` then a gather per layer zero-fills an (N, d) gradient per
+    layer and adds the layers' gradients pairwise; here one (N, d) buffer takes them all:
+    acc = G_L; acc = G_l + A^T acc for l = L-1 .. 0, with G_l layer l's row gradient scattered.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor, n_layers: int, index: torch.Tensor | None
+    ) -> torch.Tensor:
+        ctx.adj_t, ctx.n_layers, ctx.n_rows, ctx.has_index = adj_t, n_layers, x.shape[0], index is not None
+        ctx.save_for_backward(index)
+        rows = x.shape[0] if index is None else index.numel()
+        out = x.new_empty((rows, n_layers + 1, x.shape[1]))
+        layer = x
+        for position in range(n_layers + 1):
+            if position:
+                layer = torch.sparse.mm(adj, layer)
+            out[:, position] = layer if index is None else layer.index_select(0, index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor, None, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        acc = None
+        for position in reversed(range(ctx.n_layers + 1)):
+            if acc is None:
+                acc = grad.new_zeros((ctx.n_rows, grad.shape[2]))
+            else:
+                acc = torch.sparse.mm(ctx.adj_t, acc)
+            if ctx.has_index:
+                acc.index_add_(0, index, grad[:, position])
+            else:
+                acc.add_(grad[:, position])
+        return None, None, acc, None, None
+
+
+def layer_rows(
+    adj: torch.Tensor,
+    x: torch.Tensor,
+    n_layers: int,
+    index: torch.Tensor | None = None,
+    adj_t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rows ``index`` (B,) of every layer of :func:`propagate`, stacked: (B, L + 1, d); all rows when None.
+
+    Equal to ``torch.stack(propagate(adj, x, n_layers), 1)[index]`` with the same L sparse products
+    forward and backward, but one (N, d) gradient buffer instead of one per layer.
+    """
+    if not x.requires_grad:
+        layers = torch.stack(propagate(adj, x, n_layers), 1)
+        return layers if index is None else layers.index_select(0, index)
+    return _LayerRows.apply(adj, transpose(adj) if adj_t is None else adj_t, x, n_layers, index)
+
+
 class _LayerMeanRows(torch.autograd.Function):
     """Rows of mean_l A^l x without materialising the layers' mean or their per-layer gradients.
 
