@@ -110,7 +110,7 @@ class _LayerRows(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor, n_layers: int, index: torch.Tensor | None
     ) -> torch.Tensor:
-        ctx.adj_t, ctx.n_layers, ctx.n_rows, ctx.has_index = adj_t, n_layers, x.shape[0], index is not None
+        ctx.adj_t, ctx.n_layers, ctx.n_rows = adj_t, n_layers, x.shape[0]
         ctx.save_for_backward(index)
         rows = x.shape[0] if index is None else index.numel()
         out = x.new_empty((rows, n_layers + 1, x.shape[1]))
@@ -130,10 +130,10 @@ class _LayerRows(torch.autograd.Function):
                 acc = grad.new_zeros((ctx.n_rows, grad.shape[2]))
             else:
                 acc = torch.sparse.mm(ctx.adj_t, acc)
-            if ctx.has_index:
-                acc.index_add_(0, index, grad[:, position])
-            else:
+            if index is None:
                 acc.add_(grad[:, position])
+            else:
+                acc.index_add_(0, index, grad[:, position])
         return None, None, acc, None, None
 
 
