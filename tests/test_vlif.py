@@ -193,7 +193,8 @@ def test_unique_vision_is_orthogonal_to_redundancy(data: TrainData) -> None:
     with torch.no_grad():
         text_tokens, _ = model._tokens(None)
         fused = model._fused(None, None)
-    r = fused.redundancy_views.mean(0)[N_USERS:]
+    torch.testing.assert_close(fused.redundancy, model.redundancy.project(fused.redundancy_encoded).mean(0))
+    r = fused.redundancy[N_USERS:]
     unique = fused.items[:, 2 * DIM :]
     cosine = (unique * r).sum(1) / (unique.norm(dim=1) * r.norm(dim=1))
     assert cosine.abs().max() < 1e-4

@@ -129,7 +129,9 @@ class RedundancyEncoder(_PreNormBlock):
     positions never reach CLS, so only CLS's row is computed. Keys and values of the real tokens are
     the same in all three variants and those of CLS and the masks are the same for every node, so
     each is projected once, and each variant's attention weights CLS's, a vision and a text value
-    without materialising (3, n, 3, d) sequences.
+    without materialising (3, n, 3, d) sequences. As g is linear, r = g(mean of the F outputs):
+    callers that need the three views only for a few rows (the contrastive loss's) project
+    :meth:`encode`'s output there and its mean everywhere, a third of g's work.
     """
 
     def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float) -> None:
@@ -143,6 +145,10 @@ class RedundancyEncoder(_PreNormBlock):
 
     def forward(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v, t (n, d) -> stacked (3, n, d): h = g(F([v, t])), h_v = g(F([v, MASK_t])), h_t = g(F([MASK_v, t]))."""
+        return self.project(self.encode(v, t))
+
+    def encode(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v, t (n, d) -> stacked (3, n, d): F's CLS outputs for [v, t], [v, MASK_t], [MASK_v, t], before g."""
         n, dim = v.shape
         heads = (self.n_heads, dim // self.n_heads)
         query = self.query(self.norm_attn(self.cls)).view(heads)  # (H, c)
@@ -151,26 +157,28 @@ class RedundancyEncoder(_PreNormBlock):
         real_keys, real_values = (x.unflatten(-1, heads) for x in self.keys_values(real))  # (n, 2, H, c)
         fixed_keys, fixed_values = self.key_value(fixed).unflatten(-1, (2, *heads)).unbind(-3)  # (3, H, c)
         scale = heads[1] ** -0.5
-        real_scores = (real_keys * query).sum(-1) * scale  # (n, 2, H)
+        # unbind, not indexing: one stack in the backward instead of a zero-filled (n, 2, H, c) per use
+        real_scores = ((real_keys * query).sum(-1) * scale).unbind(1)  # 2 x (n, H): vision, text
+        real_values = real_values.unbind(1)  # 2 x (n, H, c)
         fixed_scores = ((fixed_keys * query).sum(-1) * scale).unsqueeze(1).expand(3, n, heads[0])  # (3, n, H)
         attended = []
         for vision_real, text_real in ((True, True), (True, False), (False, True)):
             scores = torch.stack(
                 [
                     fixed_scores[0],
-                    real_scores[:, 0] if vision_real else fixed_scores[1],
-                    real_scores[:, 1] if text_real else fixed_scores[2],
+                    real_scores[0] if vision_real else fixed_scores[1],
+                    real_scores[1] if text_real else fixed_scores[2],
                 ],
                 dim=1,
             )  # (n, 3, H)
             weights = torch.softmax(scores, dim=1).unsqueeze(-1)  # (n, 3, H, 1)
             mixed = (
                 weights[:, 0] * fixed_values[0]
-                + weights[:, 1] * (real_values[:, 0] if vision_real else fixed_values[1])
-                + weights[:, 2] * (real_values[:, 1] if text_real else fixed_values[2])
+                + weights[:, 1] * (real_values[0] if vision_real else fixed_values[1])
+                + weights[:, 2] * (real_values[1] if text_real else fixed_values[2])
             )  # (n, H, c)
             attended.append(mixed.flatten(1))
-        return self.project(self.finish(self.cls, torch.stack(attended)))
+        return self.finish(self.cls, torch.stack(attended))
 
 
 def remove_component(x: torch.Tensor, r: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -124,13 +124,15 @@ class _LayerRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor, None, None]:  # type: ignore[override]
         (index,) = ctx.saved_tensors
+        # layer-major (T, B, d): index_add_ of a strided (B, d) slice is ~3x slower than of a contiguous one
+        layers = grad.transpose(0, 1).contiguous()
 
         def add_rows(acc: torch.Tensor, rows_grad: torch.Tensor) -> torch.Tensor:
             return acc.add_(rows_grad) if index is None else acc.index_add_(0, index, rows_grad)
 
-        acc = add_rows(grad.new_zeros((ctx.n_rows, grad.shape[2])), grad[:, -1])
+        acc = add_rows(grad.new_zeros((ctx.n_rows, grad.shape[2])), layers[-1])
         for position in reversed(range(ctx.n_layers)):
-            acc = add_rows(torch.sparse.mm(ctx.adj_t, acc), grad[:, position])
+            acc = add_rows(torch.sparse.mm(ctx.adj_t, acc), layers[position])
         return None, None, acc, None, None
 
 

@@ -33,16 +33,19 @@ _PARTS = {"pooling": 1, "concat": 2, "weighted_concat": 2, "pid": 3}
 
 @dataclass
 class _Fused:
-    """Fused embeddings of R_u users and R_i items, and for pid the views the contrastive losses align.
+    """Fused embeddings of R_u users and R_i items, and for pid what the contrastive losses align.
 
-    users (R_u, D), items (R_i, D); synergy_views (2, R_u + R_i, d): h_{v->t}, h_{t->v};
-    redundancy_views (3, R_u + R_i, d): h, h_v, h_t (users first, then items).
+    users (R_u, D), items (R_i, D); rows of the others: users first, then items (R = R_u + R_i).
+    synergy_views: h_{v->t}, h_{t->v}, each (R, d); redundancy (R, d): r;
+    redundancy_encoded (3, R, d): the redundancy encoder's outputs before its projection g, which
+    gives the views h, h_v, h_t where the contrastive loss needs them.
     """
 
     users: torch.Tensor
     items: torch.Tensor
-    synergy_views: torch.Tensor | None
-    redundancy_views: torch.Tensor | None
+    synergy_views: tuple[torch.Tensor, torch.Tensor] | None = None
+    redundancy: torch.Tensor | None = None
+    redundancy_encoded: torch.Tensor | None = None
 
 
 def _feature_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -213,14 +216,15 @@ class VLIF(Recommender):
         t_tokens, v_tokens = self._tokens(nodes)
         n_user_rows = self.n_users if users is None else users.numel()
         t, v = t_tokens.sum(1), v_tokens.sum(1)  # eq. 2, (R, d) with R = R_u + R_i
-        synergy_views = redundancy_views = None
+        pid: dict[str, Any] = {}
         if self.fusion == "pooling":
             parts = [(t + v) / 2]
         elif self.fusion == "pid":
             s, h_vt, h_tv = self.synergy(v, t, v_tokens, t_tokens)
-            redundancy_views = self.redundancy(v, t)  # (3, R, d)
-            synergy_views = torch.stack([h_vt, h_tv])
-            parts = [t, s, remove_component(v, redundancy_views.mean(0))]
+            encoded = self.redundancy.encode(v, t)  # (3, R, d)
+            r = self.redundancy.project(encoded.mean(0))  # (R, d), the mean of the three views
+            pid = {"synergy_views": (h_vt, h_tv), "redundancy": r, "redundancy_encoded": encoded}
+            parts = [t, s, remove_component(v, r)]
         else:
             parts = [t, v]
         user_parts = [part[:n_user_rows] for part in parts]
@@ -229,7 +233,7 @@ class VLIF(Recommender):
             weights = torch.softmax(table, dim=1)  # (R_u, P)
             user_parts = [w.unsqueeze(1) * part for w, part in zip(weights.unbind(1), user_parts, strict=True)]
         items_fused = torch.cat([part[n_user_rows:] for part in parts], dim=1)
-        return _Fused(torch.cat(user_parts, dim=1), items_fused, synergy_views, redundancy_views)
+        return _Fused(torch.cat(user_parts, dim=1), items_fused, **pid)
 
     @staticmethod
     def _needed(side: _Homogeneous | None, seeds: torch.Tensor) -> list[torch.Tensor]:
@@ -299,8 +303,8 @@ class VLIF(Recommender):
         self, fused: _Fused, view_rows: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """L_s (eq. 15) and L_r (eq. 16) among the nodes at ``view_rows`` (n,) of the views where ``keep`` (n,)."""
-        h_vt, h_tv = fused.synergy_views.index_select(1, view_rows)
-        h, h_v, h_t = fused.redundancy_views.index_select(1, view_rows)
+        h_vt, h_tv = (view.index_select(0, view_rows) for view in fused.synergy_views)
+        h, h_v, h_t = self.redundancy.project(fused.redundancy_encoded.index_select(1, view_rows))
         temperature = float(self.hparams["temperature"])
         synergy = info_nce(h_vt, h_tv, temperature, keep)
         redundancy = sum(info_nce(a, b, temperature, keep) for a, b in ((h, h_v), (h, h_t), (h_v, h_t)))
