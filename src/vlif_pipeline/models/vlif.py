@@ -227,12 +227,13 @@ class VLIF(Recommender):
             parts = [t, s, remove_component(v, r)]
         else:
             parts = [t, v]
-        user_parts = [part[:n_user_rows] for part in parts]
+        # split, not two slices: its backward is one cat instead of a zero-filled (R, d) per slice
+        user_parts, item_parts = zip(*(part.split([n_user_rows, part.shape[0] - n_user_rows]) for part in parts))
         if self.weighted:
             table = self.user_weights.weight if users is None else self.user_weights(users)
             weights = torch.softmax(table, dim=1)  # (R_u, P)
             user_parts = [w.unsqueeze(1) * part for w, part in zip(weights.unbind(1), user_parts, strict=True)]
-        items_fused = torch.cat([part[n_user_rows:] for part in parts], dim=1)
+        items_fused = torch.cat(item_parts, dim=1)
         return _Fused(torch.cat(user_parts, dim=1), items_fused, **pid)
 
     @staticmethod
