@@ -9,6 +9,7 @@ import torch
 
 from vlif_pipeline.graphs.user_item import normalised_adjacency
 from vlif_pipeline.models import build_model, model_class
+from vlif_pipeline.models.base import normalize_rows, row_norm
 from vlif_pipeline.models.propagation import (
     _transpose_by_sort,
     bipartite_adjacency,
@@ -219,3 +220,25 @@ def test_layer_rows_matches_autograd_through_propagate() -> None:
         (got * weights).sum().backward()
         (want * weights).sum().backward()
         torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_row_norm_and_normalize_rows_match_torch_with_gradients() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 5, dtype=torch.float64)
+    x[1] = 0.0  # a zero row: norm 0, gradient 0 (not NaN)
+    x[2] *= 1e-14  # below eps: normalize's clamp holds it
+    for ours, reference in (
+        (row_norm, lambda t: t.norm(dim=-1, keepdim=True)),
+        (normalize_rows, lambda t: torch.nn.functional.normalize(t, dim=-1)),
+    ):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        got, want = ours(a), reference(b)
+        torch.testing.assert_close(got, want)
+        weight = torch.randn_like(want)
+        (got * weight).sum().backward()
+        (want * weight).sum().backward()
+        assert torch.isfinite(a.grad).all()
+        torch.testing.assert_close(a.grad, b.grad)
+    rows = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(row_norm, (rows,))
+    assert torch.autograd.gradcheck(normalize_rows, (rows,))

@@ -91,3 +91,51 @@ def xavier_embedding(n: int, dim: int) -> torch.nn.Embedding:
     table = torch.nn.Embedding(n, dim)
     torch.nn.init.xavier_uniform_(table.weight)
     return table
+
+
+class _RowNorm(torch.autograd.Function):
+    """|x| over the last dim, keepdim; backward x g / |x| (0 for a zero row), without autograd's masked pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        ctx.save_for_backward(x, norm)
+        return norm
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, norm = ctx.saved_tensors
+        return x * torch.where(norm > 0, grad / norm, 0.0)  # a zero row: x is 0, so is its gradient
+
+
+class _NormalizeRows(torch.autograd.Function):
+    """x / max(|x|, eps) over the last dim, as ``F.normalize``, with a three-pass backward.
+
+    Autograd through ``F.normalize`` makes about seven passes over (n, d) in the backward (division,
+    norm and clamp gradients, a masked fill, a sum); here (g - y (g . y)) / max(|x|, eps), with the
+    projection dropped for rows the clamp held.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        denominator = norm.clamp_min(eps)
+        y = x / denominator
+        ctx.save_for_backward(y, denominator, norm >= eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        y, denominator, normalised = ctx.saved_tensors
+        along = (grad * y).sum(-1, keepdim=True) * normalised
+        return torch.addcmul(grad, y, along, value=-1.0).div_(denominator), None
+
+
+def row_norm(x: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row: x (*, d) -> (*, 1), as ``x.norm(dim=-1, keepdim=True)``."""
+    return _RowNorm.apply(x)
+
+
+def normalize_rows(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Each row scaled to unit norm: x (*, d) -> (*, d), as ``F.normalize(x, dim=-1, eps=eps)``."""
+    return _NormalizeRows.apply(x, eps)

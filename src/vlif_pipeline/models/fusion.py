@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlif_pipeline.models.base import normalize_rows, row_norm
+
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Multi-head scaled dot-product attention of ONE query per sequence over its T keys.
@@ -116,8 +118,8 @@ class SynergyEstimator(nn.Module):
         h_vt = self.vision_to_text(v, t_tokens)
         h_tv = self.text_to_vision(t, v_tokens)
         mean = (h_vt + h_tv) / 2
-        scale = (v.norm(dim=-1, keepdim=True) + t.norm(dim=-1, keepdim=True)) / 2
-        return mean * (scale / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)), h_vt, h_tv
+        scale = (row_norm(v) + row_norm(t)) / 2
+        return mean * (scale / row_norm(mean).clamp_min(1e-12)), h_vt, h_tv
 
 
 class RedundancyEncoder(_PreNormBlock):
@@ -209,8 +211,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keep: torch.T
     logits serves the row and the column log-sum-exp, with neither overflow nor (for temperature
     >= 0.025) underflow.
     """
-    a = F.normalize(a, dim=-1)
-    b = F.normalize(b, dim=-1)
+    a = normalize_rows(a)
+    b = normalize_rows(b)
     # (cos - 1) / temperature by one GEMM (alpha, and a broadcast shift as its input), then exp in
     # place: two passes over the (n, n) matrix instead of four
     shift = a.new_full((1, 1), -1.0 / temperature)  # a fill, not a host copy: safe in a CUDA graph

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
+from vlif_pipeline.models.base import (
+    Recommender,
+    bpr_loss,
+    dot_scores,
+    l2_penalty,
+    normalize_rows,
+    xavier_embedding,
+)
 from vlif_pipeline.models.fusion import (
     RedundancyEncoder,
     SynergyEstimator,
@@ -206,7 +213,7 @@ class VLIF(Recommender):
             (self.user_text, self.text_mlp, self.text_features),
             (self.user_visual, self.visual_mlp, self.visual_features),
         ):
-            x0 = nn.functional.normalize(torch.cat([users.weight, mlp(features)]), dim=-1)  # (N, d)
+            x0 = normalize_rows(torch.cat([users.weight, mlp(features)]))  # (N, d)
             tokens.append(layer_rows(self.user_item, x0, self.n_layers, nodes, adj_t=self.user_item))  # symmetric
         return tokens[0], tokens[1]
 
