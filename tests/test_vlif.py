@@ -173,6 +173,30 @@ def test_masked_info_nce_equals_info_nce_of_the_kept_rows() -> None:
     torch.testing.assert_close(info_nce(table_a[ids], table_b[ids], 0.2, all_rows), info_nce(table_a[ids], table_b[ids], 0.2))
 
 
+def test_info_nce_and_its_gradients_equal_the_cross_entropy_definition() -> None:
+    """The hand-written backward against autograd through log-softmax, masked rows included."""
+    torch.manual_seed(0)
+    a, b = torch.randn(7, DIM, dtype=torch.float64), torch.randn(7, DIM, dtype=torch.float64)
+    keep = torch.tensor([True, True, False, True, True, False, True])
+
+    def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        f = torch.nn.functional
+        logits = f.normalize(a[keep]) @ f.normalize(b[keep]).T / 0.2
+        target = torch.arange(logits.shape[0])
+        return (f.cross_entropy(logits, target) + f.cross_entropy(logits.T, target)) / 2
+
+    ours = (a.clone().requires_grad_(), b.clone().requires_grad_())
+    theirs = (a.clone().requires_grad_(), b.clone().requires_grad_())
+    loss, expected = info_nce(*ours, 0.2, keep), reference(*theirs)
+    torch.testing.assert_close(loss, expected)
+    (3.0 * loss).backward()
+    (3.0 * expected).backward()
+    for got, want in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(got.grad, want.grad)
+    small = (a[:4].clone().requires_grad_(), b[:4].clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.2, keep[:4]), small)
+
+
 @pytest.mark.parametrize(("fusion", "width"), [("pooling", 1), ("concat", 2), ("weighted_concat", 2), ("pid", 3)])
 def test_shapes_and_loss_parts(data: TrainData, fusion: str, width: int) -> None:
     model = make(data, fusion=fusion)
