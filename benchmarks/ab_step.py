@@ -37,10 +37,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from vlif_pipeline.models import build_model  # noqa: E402
 from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
 from vlif_pipeline.training.step import eager_step, make_optimizer  # noqa: E402
-from vlif_pipeline.training.synthetic import make_synthetic, to_train_data  # noqa: E402
+from vlif_pipeline.training.synthetic import baby_shape, make_synthetic, to_train_data  # noqa: E402
 
 BASE_PACKAGE = "vlif_ab_base"
-BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}
 
 
 @contextlib.contextmanager
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    shape = {key: max(int(value * args.scale), 50) for key, value in BABY.items()}
+    shape = baby_shape(args.scale)
     data = to_train_data(make_synthetic(**shape, seed=0), torch.device("cpu"))
     with revision_models(args.base) as base_models:
         versions = {}

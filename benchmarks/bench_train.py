@@ -30,11 +30,10 @@ from vlif_pipeline.models import build_model  # noqa: E402
 from vlif_pipeline.training.data import TrainData, resolve_device  # noqa: E402
 from vlif_pipeline.training.evaluator import Evaluator  # noqa: E402
 from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
-from vlif_pipeline.training.synthetic import make_synthetic, to_train_data  # noqa: E402
+from vlif_pipeline.training.synthetic import baby_shape, make_synthetic, to_train_data  # noqa: E402
 from vlif_pipeline.training.step import GraphedStep, make_optimizer, make_step  # noqa: E402
 from vlif_pipeline.training.trainer import train_epoch  # noqa: E402
 
-BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}
 
 
 def sync(device: torch.device) -> None:
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    shape = {key: max(int(value * args.scale), 50) for key, value in BABY.items()}
+    shape = baby_shape(args.scale)
 
     started = time.perf_counter()
     synthetic = make_synthetic(**shape, seed=0)

@@ -174,7 +174,7 @@ def test_masked_info_nce_equals_info_nce_of_the_kept_rows() -> None:
 
 
 def test_info_nce_and_its_gradients_equal_the_cross_entropy_definition() -> None:
-    """The hand-written backward against autograd through log-softmax, masked rows included."""
+    """info_nce and its gradients against autograd through plain cross-entropy, masked rows included."""
     torch.manual_seed(0)
     a, b = torch.randn(7, DIM, dtype=torch.float64), torch.randn(7, DIM, dtype=torch.float64)
     keep = torch.tensor([True, True, False, True, True, False, True])

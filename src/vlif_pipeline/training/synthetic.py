@@ -38,6 +38,14 @@ class SyntheticSet:
     visual: np.ndarray
 
 
+BABY = {"n_users": 19445, "n_items": 7050, "n_interactions": 160792}  # Amazon Baby after 5-core
+
+
+def baby_shape(scale: float = 1.0) -> dict[str, int]:
+    """:func:`make_synthetic`'s size arguments for Baby's shape, each times ``scale`` (at least 50)."""
+    return {key: max(int(value * scale), 50) for key, value in BABY.items()}
+
+
 def _degrees(rng: np.random.Generator, n_users: int, n_interactions: int, n_items: int) -> np.ndarray:
     """Per-user interaction counts: at least 5, heavy-tailed, summing to ``n_interactions``."""
     extra = n_interactions - 5 * n_users
