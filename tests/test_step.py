@@ -49,7 +49,14 @@ def test_loading_a_checkpoint_keeps_the_device_flags() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("name", ["vlif", "lightgcn", "bpr"])
 def test_graphed_steps_train_like_eager_steps(name: str) -> None:
-    """Same seed, same batches: the graphed run's losses and parameters follow the eager run's."""
+    """Same seed, same batches: the graphed run's losses and parameters follow the eager run's.
+
+    On a GPU two eager runs differ too (sums by atomics), and Adam turns that rounding noise into
+    updates where a gradient is exactly 0: the attention keys' bias, as softmax ignores a shift
+    common to all keys. Eager against eager, VLIF's parameters differed by up to 1.2e-5 after these
+    steps (H200), so they are compared at 1e-4, a tenth of one Adam step of lr 1e-3; a stale
+    input or a missed update in the graph moves parameters by about lr per step.
+    """
     data = tiny_data(device="cuda")
     params = {**SMALL, "restrict": False} if name == "vlif" else {}
     runs = []
@@ -70,4 +77,4 @@ def test_graphed_steps_train_like_eager_steps(name: str) -> None:
     (eager_losses, eager_params), (graph_losses, graph_params) = runs
     assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
     for eager_param, graph_param in zip(eager_params, graph_params, strict=True):
-        torch.testing.assert_close(graph_param, eager_param, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(graph_param, eager_param, rtol=1e-3, atol=1e-4)
