@@ -174,6 +174,28 @@ def test_freedom_prunes_degree_sensitively(data: TrainData) -> None:
     assert kept_weight[rare].mean() > kept_weight[~rare].mean()
 
 
+def test_freedom_resamples_into_the_same_buffers(data: TrainData) -> None:
+    """Each epoch's pruned graph lands in the first one's buffers (what a captured CUDA step reads)."""
+    torch.manual_seed(0)
+    model = build_model("freedom", data, {"edge_drop": 0.5})
+    model.start_epoch()
+    first = model.train_adj
+    pointers = [t.data_ptr() for t in (first.crow_indices(), first.col_indices(), first.values())]
+    before = first.to_dense()
+    model.start_epoch()
+    after = model.train_adj
+    assert after is first
+    assert [t.data_ptr() for t in (after.crow_indices(), after.col_indices(), after.values())] == pointers
+    assert not torch.equal(after.to_dense(), before)
+    torch.manual_seed(0)
+    build_model("freedom", data, {"edge_drop": 0.5})  # the same initialisation draws
+    keep = round(data.train.nnz * 0.5)
+    torch.multinomial(model.edge_weight, keep, replacement=False)  # the first epoch's draw
+    kept = torch.multinomial(model.edge_weight, keep, replacement=False)
+    expected = bipartite_adjacency(model.edge_users[kept], model.edge_items[kept], data.n_users, data.n_items)
+    assert torch.equal(after.to_dense(), expected.to_dense())
+
+
 @pytest.mark.parametrize("name", ["bpr", "lightgcn", "freedom"])
 def test_training_learns_the_planted_structure(data: TrainData, name: str) -> None:
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ def test_loading_a_checkpoint_keeps_the_device_flags() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("name", ["vlif", "lightgcn", "bpr"])
+@pytest.mark.parametrize("name", ["vlif", "lightgcn", "bpr", "freedom"])
 def test_graphed_steps_train_like_eager_steps(name: str) -> None:
     """Same seed, same batches: the graphed run's losses and parameters follow the eager run's.
 

@@ -12,6 +12,9 @@ Following the paper's description:
 - each modality's features are projected to d by a linear layer and trained with an auxiliary
   BPR loss against the user embeddings (weight ``modality_weight``); scores use IDs only. The
   projection has no bias: a bias adds the same u . b to positive and negative and cancels in BPR.
+
+Training steps are graphable on CUDA: every epoch keeps the same number of edges, so each pruned
+graph is written into the index and value buffers of one sparse tensor, which captured steps read.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 
 class FREEDOM(Recommender):
     """Scores z_u . (z_i + h_i) with z from the (pruned) user-item graph, h from the item graph."""
+
+    graphable = True
 
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "embedding_dim": 64,
@@ -67,15 +72,30 @@ class FREEDOM(Recommender):
         item_degree = torch.bincount(self.edge_items, minlength=data.n_items).float()
         self.edge_weight = (user_degree[self.edge_users] * item_degree[self.edge_items]).rsqrt()
         self.train_adj = self.full_adj
+        self._pruned: torch.Tensor | None = None
 
     def start_epoch(self) -> None:
-        """Resample the pruned training graph (degree-sensitive, without replacement)."""
+        """Resample the pruned training graph (degree-sensitive, without replacement).
+
+        From the second epoch on, the new graph overwrites the first one's buffers in place (same
+        row count and edge count), so a training step captured in a CUDA graph reads it.
+        """
         keep = int(round(self.edge_users.numel() * (1.0 - float(self.hparams["edge_drop"]))))
         if keep >= self.edge_users.numel():
             self.train_adj = self.full_adj
             return
         kept = torch.multinomial(self.edge_weight, keep, replacement=False)
-        self.train_adj = bipartite_adjacency(self.edge_users[kept], self.edge_items[kept], self.n_users, self.n_items)
+        fresh = bipartite_adjacency(self.edge_users[kept], self.edge_items[kept], self.n_users, self.n_items)
+        if self._pruned is None:
+            self._pruned = fresh
+        else:
+            for buffer, new in (
+                (self._pruned.crow_indices(), fresh.crow_indices()),
+                (self._pruned.col_indices(), fresh.col_indices()),
+                (self._pruned.values(), fresh.values()),
+            ):
+                buffer.copy_(new)
+        self.train_adj = self._pruned
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = users.shape[0]
