@@ -35,7 +35,6 @@ from vlif_pipeline.training.step import GraphedStep, make_optimizer, make_step  
 from vlif_pipeline.training.trainer import train_epoch  # noqa: E402
 
 
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
