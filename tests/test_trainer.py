@@ -17,9 +17,10 @@ import torch
 
 from vlif_pipeline.io import StageError
 from vlif_pipeline.models.bpr import BPRMF
+from vlif_pipeline.graphs.user_item import normalised_adjacency
 from vlif_pipeline.training import run
 from vlif_pipeline.training import trainer as trainer_module
-from vlif_pipeline.training.data import load_train_data
+from vlif_pipeline.training.data import TEST, TRAIN, VALID, TrainData, build_train_data, load_train_data, split_matrices
 from vlif_pipeline.training.metrics import metric_keys
 from vlif_pipeline.training.sampler import TripleSampler
 from vlif_pipeline.training.synthetic import make_synthetic, write_run_inputs
@@ -235,3 +236,21 @@ def test_sampler_negatives_reproducible_and_never_positive(inputs: dict[str, Pat
     again = sampler.epoch(1)
     assert all(np.array_equal(a, b) for a, b in zip((users, pos, neg), again, strict=True))
     assert not np.array_equal(sampler.epoch(2)[2], neg)
+
+
+def test_fingerprint_tells_apart_held_out_items_moved_between_users() -> None:
+    """Same training data and held-out item ids, but owned by other users: another run, not a resume."""
+    n_users, n_items = 2, 8
+
+    def data(held: list[tuple[int, int, int]]) -> TrainData:
+        rows = [(0, 0, TRAIN), (0, 1, TRAIN), (1, 0, TRAIN), (1, 1, TRAIN), *held]
+        users, items, split = (np.array(column) for column in zip(*rows, strict=True))
+        train, valid, test = split_matrices(users, items, split, n_users, n_items)
+        return build_train_data(n_users, n_items, train, valid, test, normalised_adjacency(train))
+
+    spread = data([(0, 3, VALID), (1, 4, VALID), (0, 5, TEST), (1, 6, TEST)])
+    moved = data([(0, 3, VALID), (0, 4, VALID), (1, 5, TEST), (1, 6, TEST)])
+    assert np.array_equal(spread.valid.indices, moved.valid.indices)
+    assert np.array_equal(spread.test.indices, moved.test.indices)
+    fingerprints = {trainer_module._fingerprint("bpr", {}, {}, d) for d in (spread, moved)}
+    assert len(fingerprints) == 2

@@ -96,8 +96,9 @@ def _fingerprint(model: str, trainer: dict[str, Any], hparams: dict[str, Any], d
     then start afresh; only a run killed part way (same inputs, same code) resumes its checkpoint.
     """
     digest = hashlib.sha256(_code_digest())
-    for array in (data.train.indptr, data.train.indices, data.valid.indices, data.test.indices):
-        digest.update(np.ascontiguousarray(array).tobytes())
+    for matrix in (data.train, data.valid, data.test):
+        for array in (matrix.indptr, matrix.indices):
+            digest.update(np.ascontiguousarray(array).tobytes())
     tensors = [data.text, data.visual]
     for graph in (data.user_item, data.item_knn, data.user_user):
         tensors += [None] if graph is None else [graph.crow_indices(), graph.col_indices(), graph.values()]
