@@ -15,12 +15,20 @@ import numpy as np
 import pytest
 import torch
 
+from vlif_pipeline.graphs.user_item import normalised_adjacency
 from vlif_pipeline.io import StageError
 from vlif_pipeline.models.bpr import BPRMF
-from vlif_pipeline.graphs.user_item import normalised_adjacency
 from vlif_pipeline.training import run
 from vlif_pipeline.training import trainer as trainer_module
-from vlif_pipeline.training.data import TEST, TRAIN, VALID, TrainData, build_train_data, load_train_data, split_matrices
+from vlif_pipeline.training.data import (
+    TEST,
+    TRAIN,
+    VALID,
+    TrainData,
+    build_train_data,
+    load_train_data,
+    split_matrices,
+)
 from vlif_pipeline.training.metrics import metric_keys
 from vlif_pipeline.training.sampler import TripleSampler
 from vlif_pipeline.training.synthetic import make_synthetic, write_run_inputs
