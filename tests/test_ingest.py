@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ import polars as pl
 import pytest
 
 from vlif_pipeline.amazon import ingest
+from vlif_pipeline.amazon.formats import FORMATS
 from vlif_pipeline.amazon.meta import parse_record
+from vlif_pipeline.amazon.readers import read_reviews
 from vlif_pipeline.amazon.text_clean import clean_text
 
 
@@ -165,6 +169,35 @@ def test_broken_review_files_give_clear_errors(tmp_path: Path, content: bytes, m
     log = _log(tmp_path)
     assert message in log and str(reviews) in log
     assert "Traceback" not in log
+
+
+def test_truncated_gzip_names_the_last_line_it_decompressed(tmp_path: Path) -> None:
+    lines = [_review_2014(f"U{n}", "I1", time=n) for n in range(20000)]
+    data = gzip.compress(("\n".join(lines) + "\n").encode())
+    reviews = tmp_path / "reviews.json.gz"
+    reviews.write_bytes(data[: len(data) // 2])
+    readable = zlib.decompressobj(wbits=31).decompress(data[: len(data) // 2]).count(b"\n")
+    rc, _ = _run(tmp_path, "amazon2014", reviews, _meta(tmp_path))
+    assert rc == 1
+    last_good = int(re.search(r"truncated gzip after line (\d+)", _log(tmp_path)).group(1))
+    assert readable - 1000 < last_good <= readable  # within one 64 KiB read of the true end
+
+
+@pytest.mark.parametrize("neighbour", ["", "not json"], ids=["clean-block", "block-with-a-bad-line"])
+def test_ids_that_are_not_strings_or_integers_are_rejected(tmp_path: Path, neighbour: str) -> None:
+    """Polars would read true, 1.5, [..] and {..} as the strings "true", "1.5", ...: the same lines
+    must be rejected whether or not a bad neighbour sends the block down the line-by-line path."""
+    odd = ['true', '1.5', '["B", "C"]', '{"x": 1}']
+    lines = [_review_2014(f"U{n}", "I1", time=n) for n in range(50)]
+    lines += [_review_2014("U0", "I1").replace('"U0"', value) for value in odd]
+    lines += [_review_2014("U0", "I1").replace('"U0"', "7.0"), _review_2014("U0", "I1").replace('"I1"', "12")]
+    lines += [_review_2014("U9", "I1", time=10**20)]  # beyond int64
+    lines += [neighbour] if neighbour else []
+    reviews, stats = read_reviews(_write(tmp_path / "r.json", lines, gz=False), FORMATS["amazon2014"])
+    bad = {example["line"]: example["reason"] for example in stats.bad_examples}
+    assert [line for line in bad if line <= 57] == [51, 52, 53, 54, 57]
+    assert "'reviewerID'" in bad[51] and "'unixReviewTime'" in bad[57]
+    assert reviews.filter(pl.col("line") >= 51).select("user_id", "item_id").rows() == [("7", "I1"), ("U0", "12")]
 
 
 def test_gz_suffix_without_gzip_data(tmp_path: Path) -> None:

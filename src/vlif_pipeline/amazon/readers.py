@@ -84,6 +84,22 @@ def _open(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
+def _lines_before_corruption(path: Path) -> int:
+    """Whole lines a corrupt gzip yields before its error, by decompressing it again in small pieces.
+
+    Only on the error path: a failing read discards what it decompressed, so the streaming read
+    cannot say how far it got, and reading small pieces throughout would slow every file down.
+    """
+    lines = 0
+    with gzip.open(path, "rb") as fh:
+        try:
+            while piece := fh.read(64 << 10):
+                lines += piece.count(b"\n")
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError):
+            pass
+    return lines
+
+
 def _blocks(fh: IO[bytes], path: Path, block_bytes: int) -> Iterator[tuple[int, int, bytes]]:
     line_no = 1
     rest = b""
@@ -91,7 +107,7 @@ def _blocks(fh: IO[bytes], path: Path, block_bytes: int) -> Iterator[tuple[int, 
         try:
             data = fh.read(block_bytes)
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
-            last_good = line_no - 1 + rest.count(b"\n")
+            last_good = _lines_before_corruption(path)
             raise StageError(f"{path}: corrupt or truncated gzip after line {last_good} ({err})") from None
         if not data:
             break
@@ -154,8 +170,11 @@ _END = object()
 
 
 def _as_id(value: Any) -> str | None:
+    """A non-blank string id, or an integral JSON number (2.0 and 2e3 too) as decimal digits, as polars reads it."""
     if isinstance(value, str):
         return value if value.strip() else None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None
@@ -168,13 +187,17 @@ def _as_number(value: Any) -> float | None:
 
 
 def _as_int(value: Any) -> int | None:
+    """An integral JSON number within int64 (the timestamp column's type), else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        return value
     return None
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _Columns:
@@ -246,6 +269,16 @@ def _review_slow(block: bytes, first_line: int, fmt: ReleaseFormat, stats: FileS
     return cols.frame(fmt)
 
 
+# what polars' String schema makes of a JSON bool, float, array or object (a JSON integer id is
+# valid, as on the slow path); a quoted id that merely looks like one only costs a slow-path read
+_NON_STRING_ID = r"^(?:true|false|\[.*\]|\{.*\}|-?\d*\.\d+)$"
+
+
+def _coerced(column: str) -> pl.Expr:
+    """True where a String column's value may stand for a non-string JSON value."""
+    return pl.col(column).str.contains(_NON_STRING_ID).fill_null(False)
+
+
 def _review_fast(
     block: bytes, first_line: int, n_lines: int, fmt: ReleaseFormat, stats: FileStats
 ) -> pl.DataFrame | None:
@@ -257,6 +290,8 @@ def _review_fast(
         return None
     if df.height != n_lines:
         return None  # blank lines: row numbers no longer map to line numbers
+    if df.select(pl.any_horizontal(_coerced(fmt.user), _coerced(fmt.item)).any()).item():
+        return None  # an id that may have been a JSON bool, float, array or object: the slow path rejects those
     valid = (
         pl.col(fmt.user).str.strip_chars().str.len_bytes().fill_null(0) > 0
     ) & (pl.col(fmt.item).str.strip_chars().str.len_bytes().fill_null(0) > 0) & pl.col(
