@@ -13,10 +13,10 @@ from vlif_pipeline.data import kcore, mmrec
 from vlif_pipeline.io import load_npy, save_npy
 
 
-@pytest.fixture
-def kcore_dir(tmp_path: Path) -> Path:
+def _make_kcore(tmp_path: Path, user_id: str = "U{:02d}", item_id: str = "B{:03d}") -> Path:
+    """A kcore folder of a random 25 x 14 dataset whose ids follow the given formats."""
     rng = np.random.default_rng(0)
-    rows = [(f"U{u:02d}", f"B{j:03d}", float(rng.integers(1, 6)), int(rng.integers(10**9, 2 * 10**9)))
+    rows = [(user_id.format(u), item_id.format(j), float(rng.integers(1, 6)), int(rng.integers(10**9, 2 * 10**9)))
             for u in range(25) for j in range(14) if rng.random() < 0.7]
     inter = pl.DataFrame(rows, schema={"user_id": pl.String, "item_id": pl.String, "rating": pl.Float32,
                                        "timestamp": pl.Int64}, orient="row")
@@ -27,6 +27,11 @@ def kcore_dir(tmp_path: Path) -> Path:
     assert kcore.main(["--interactions", str(tmp_path / "interactions.parquet"), "--items",
                        str(tmp_path / "items.parquet"), "--out-dir", str(tmp_path / "kcore")]) == 0
     return tmp_path / "kcore"
+
+
+@pytest.fixture
+def kcore_dir(tmp_path: Path) -> Path:
+    return _make_kcore(tmp_path)
 
 
 def test_round_trip(tmp_path: Path, kcore_dir: Path) -> None:
@@ -53,6 +58,17 @@ def test_round_trip(tmp_path: Path, kcore_dir: Path) -> None:
     after = json.loads((back / "stats.json").read_text())
     for key in ("n_users", "n_items", "n_interactions", "splits", "density"):
         assert after[key] == before[key], key
+
+
+def test_round_trip_keeps_leading_zeros_of_all_digit_ids(tmp_path: Path) -> None:
+    """Book ASINs such as 0000013714 are all digits: the mapping files must not read them as numbers."""
+    kcore_dir = _make_kcore(tmp_path, user_id="{:05d}", item_id="{:010d}")
+    export, back = tmp_path / "mmrec", tmp_path / "back"
+    assert mmrec.main(["--kcore-dir", str(kcore_dir), "--name", "books", "--out-dir", str(export)]) == 0
+    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(export), "--items", str(tmp_path / "items.parquet"),
+                       "--out-dir", str(back)]) == 0
+    for name in ("interactions", "users", "items"):
+        assert pl.read_parquet(back / f"{name}.parquet").equals(pl.read_parquet(kcore_dir / f"{name}.parquet")), name
 
 
 def test_import_without_mappings_or_meta(tmp_path: Path) -> None:

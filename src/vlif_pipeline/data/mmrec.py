@@ -57,9 +57,12 @@ def export_mmrec(kcore_dir: Path, name: str, out_dir: Path, text_feat: Path | No
             _copy_features(source, out_dir / target, items.height)
 
 
-def _read_tsv(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
+def _read_tsv(path: Path, required: tuple[str, ...], strings: tuple[str, ...] = ()) -> pl.DataFrame:
+    """A tab-separated file with the ``required`` columns; ``strings`` are read as text, not inferred
+    (an all-digit id such as the ASIN 0000013714 would lose its leading zeros as a number)."""
     try:
-        table = pl.read_csv(path, separator="\t", infer_schema_length=10000)
+        overrides = dict.fromkeys(strings, pl.String)
+        table = pl.read_csv(path, separator="\t", infer_schema_length=10000, schema_overrides=overrides)
     except Exception as err:  # noqa: BLE001 - any parser complaint means the file is not usable
         raise StageError(f"{path}: not a readable tab-separated file ({err})") from None
     require_columns(path, table.columns, required)
@@ -79,7 +82,7 @@ def _mapping(path: Path, id_col: str, new_col: str, n: int) -> pl.Series:
     """Original ids in new-id order; ``str(new id)`` where the mapping file is absent."""
     if not path.is_file():
         return pl.Series(id_col, [str(k) for k in range(n)], dtype=pl.String)
-    table = _read_tsv(path, (id_col, new_col)).with_columns(pl.col(id_col).cast(pl.String))
+    table = _read_tsv(path, (id_col, new_col), strings=(id_col,))
     ids = table.get_column(new_col)
     if ids.sort().to_list() != list(range(n)):
         raise StageError(f"{path}: {new_col} must be exactly 0..{n - 1}, one row each")
