@@ -242,6 +242,11 @@ def test_python_literal_parser_never_executes_code() -> None:
         ("<script>var x = 1;</script>Title", "Title"),
         ("  many\t\n spaces\u00a0here ", "many spaces here"),
         ("Size 5 < 6 but fine", "Size 5 < 6 but fine"),
+        ("for ages <3 or >5 years", "for ages <3 or >5 years"),
+        ('Fits 12" > 10" tablets', 'Fits 12" > 10" tablets'),
+        ('Cover" >fits <b>all</b>', 'Cover" >fits all'),
+        ('<img alt="x">Bib', "Bib"),
+        ("<!-- note -->Cup<?php x ?>", "Cup"),
     ],
 )
 def test_clean_text(raw: str, clean: str) -> None:

@@ -13,10 +13,12 @@ import re
 from typing import Any
 
 _SCRIPT = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|$)", re.IGNORECASE | re.DOTALL)
-_TAG = re.compile(r"<[^<>]*>")
-# A tag cut off by the scraper: "<span class=..." at the end, or '... Magazines" />' at the start.
+# A tag starts with a name, "/", "!" or "?": "ages <3 or >5" and "5 < 6" are text, not markup.
+_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
+# A tag cut off by the scraper: "<span class=..." at the end, or '... Magazines" />' at the start
+# (a quote right before ">" or "/>": '12" > 10"' is text).
 _OPEN_TAG_TAIL = re.compile(r"<[A-Za-z/!][^>]*$", re.DOTALL)
-_TAG_HEAD_TAIL = re.compile(r"^[^<>]*[\"']\s*/?>", re.DOTALL)
+_TAG_HEAD_TAIL = re.compile(r"^[^<>]*[\"'](?:\s*/>|>)", re.DOTALL)
 
 
 def clean_text(value: Any) -> str:
