@@ -3,8 +3,10 @@ failure isolation, OOM halving, and resuming after SIGKILL."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,11 +108,19 @@ def test_shards_gather_and_cache(data: dict[str, Path], tmp_path: Path, caplog: 
 
 
 def test_fast_engine_matches_generate(data: dict[str, Path], tmp_path: Path) -> None:
-    """The project's own decoder (run on CPU here) gives generate's greedy tokens."""
+    """The project's own decoder (run on CPU here) gives generate's greedy tokens, also for a checkpoint
+    that ships sampling settings and a repetition penalty (Qwen2.5-VL-7B-Instruct's values), which
+    generate() would otherwise take from it."""
+    model = tmp_path / "model"
+    shutil.copytree(data["model"], model)
+    settings = json.loads((model / "generation_config.json").read_text())
+    settings.update(do_sample=True, repetition_penalty=1.05, temperature=0.1, top_p=0.001, top_k=1)
+    (model / "generation_config.json").write_text(json.dumps(settings))
     outs = []
     for engine in ("hf", "fast"):
         out = tmp_path / f"{engine}.parquet"
-        argv = caption_argv(data, tmp_path / engine, out, 1, 3, "--engine", engine, "--max-new-tokens", "12")
+        argv = caption_argv(data, tmp_path / engine, out, 1, 3, "--engine", engine, "--max-new-tokens", "40")
+        argv[argv.index("--model") + 1] = str(model)
         assert captioner.main(argv) == 0
         outs.append(pl.read_parquet(out))
     assert outs[0].equals(outs[1])

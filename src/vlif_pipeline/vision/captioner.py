@@ -196,7 +196,11 @@ class Captioner:
         self, model: str, device: str, engine: str, max_new_tokens: int, threads: int, logger: logging.Logger
     ) -> None:
         import torch
-        from transformers import AutoModelForImageTextToText, AutoTokenizer
+        from transformers import (
+            AutoModelForImageTextToText,
+            AutoTokenizer,
+            GenerationConfig,
+        )
 
         from vlif_pipeline.vision.qwen_inputs import load_image_processor
 
@@ -227,6 +231,12 @@ class Captioner:
         self.pad_id = self.tokenizer.pad_token_id
         self.token_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
         self.max_new_tokens = max_new_tokens
+        # generate() fills every setting a caller leaves at its default from the checkpoint's
+        # generation config, so a checkpoint's repetition penalty (Qwen2.5-VL ships 1.05) or sampling
+        # would apply to the hf engine only; a fresh config leaves plain greedy decoding on both engines
+        self.model.generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=self.eos_id, pad_token_id=self.pad_id
+        )
         self.engine = self._choose_engine(engine, logger)
         logger.info("model %s on %s (%s), engine %s", model, device, self.dtype, self.engine)
 
@@ -275,13 +285,7 @@ class Captioner:
                     inputs.get("image_grid_thw"), self.max_new_tokens, self.eos_id, self.pad_id,
                 )
             else:
-                from transformers import GenerationConfig
-
-                config = GenerationConfig(
-                    max_new_tokens=self.max_new_tokens, do_sample=False, eos_token_id=self.eos_id,
-                    pad_token_id=self.pad_id,
-                )
-                out = self.model.generate(**inputs, generation_config=config)
+                out = self.model.generate(**inputs)
                 new_tokens = out[:, inputs["input_ids"].shape[1]:]
         texts = self.tokenizer.batch_decode(new_tokens.cpu(), skip_special_tokens=True)
         return [" ".join(text.split()) for text in texts]
