@@ -41,7 +41,7 @@ from vlif_pipeline.io import StageError, atomic_path, require_row_ids, run_stage
 from vlif_pipeline.vision.prompts import PromptSpec, chat_messages, get_prompt
 from vlif_pipeline.vision.tiny_model import TINY_MARKER
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: no checkpoint repetition penalty on the hf engine (captions of 1 may differ)
 SMALL_FILE_BYTES = 64 * 2**20
 DIGEST_SAMPLE_BYTES = 16 * 2**20
 OUTPUT_SCHEMA = pa.schema(
