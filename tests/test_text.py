@@ -49,13 +49,15 @@ def test_item_texts_reject_bad_ids(tmp_path: Path, ids: list[int], message: str)
 
 
 def test_caption_texts_prepend_title_and_fallbacks(tmp_path: Path) -> None:
-    items = write_items(tmp_path / "items.parquet", [0, 1, 2, 3], ["Cup", None, "Bib", "Hat"])
-    caps = write_captions(tmp_path / "c.parquet", [3, 2, 1, 0], ["a hat", None, "a bottle", "a red cup"],
-                          ["ok", "ok", "ok", "error"])
+    """ok and text_only captions are used; failed, empty or missing ones fall back to the title."""
+    items = write_items(tmp_path / "items.parquet", [0, 1, 2, 3, 4, 5], ["Cup", None, "Bib", "Hat", "Mat", "Toy"])
+    caps = write_captions(tmp_path / "c.parquet", [3, 2, 1, 0, 4, 5],
+                          ["a hat", None, "a bottle", "a red cup", "a soft mat", ""],
+                          ["ok", "ok", "ok", "image_error", "text_only", "empty"])
     texts, failed = caption_texts(items, caps, prepend_title=True)
-    assert texts == ["Cup", "a bottle", "Bib", "Hat. a hat"] and failed == 2
+    assert texts == ["Cup", "a bottle", "Bib", "Hat. a hat", "Mat. a soft mat", "Toy"] and failed == 3
     texts, failed = caption_texts(items, caps, prepend_title=False)
-    assert texts == ["", "a bottle", "", "a hat"] and failed == 2
+    assert texts == ["", "a bottle", "", "a hat", "a soft mat", ""] and failed == 3
 
 
 def test_caption_texts_need_every_item(tmp_path: Path) -> None:

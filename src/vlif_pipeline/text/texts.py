@@ -67,13 +67,18 @@ def item_texts(items_path: str | Path) -> list[str]:
     return [" ".join(part for part in parts if part) for parts in zip(*fields, strict=True)]
 
 
+USABLE_STATUSES = ("ok", "text_only")  # the caption stage's statuses whose caption describes the item
+
+
 def caption_texts(
     items_path: str | Path, captions_path: str | Path, prepend_title: bool
 ) -> tuple[list[str], int]:
     """Caption text of every item, in item order, and how many items had no usable caption.
 
     ``"{title}. {caption}"`` with ``prepend_title`` (the paper's code), else the caption alone.
-    An item whose caption failed (status != "ok" or empty) falls back to its title (or "").
+    Usable captions have status ``ok`` (from the image) or ``text_only`` (no usable image: the
+    model described the product from its title, as ``--no-image-policy text_only`` asks); any other
+    item (``empty``, ``image_error``, ``failed``, or an empty caption) falls back to its title (or "").
     """
     titles = _column(_by_item(items_path, ["title"]), "title")
     frame = _by_item(captions_path, ["caption", "status"], n_items=len(titles))
@@ -82,7 +87,7 @@ def caption_texts(
     texts: list[str] = []
     failed = 0
     for title, caption, state in zip(titles, captions, status, strict=True):
-        if state != "ok" or not caption:
+        if state not in USABLE_STATUSES or not caption:
             failed += 1
             texts.append(title if prepend_title else "")
         elif prepend_title and title:
