@@ -10,15 +10,18 @@ rule images:
         code=code("vision/images.py"),
     params:
         cache="results/cache/images",
-        opts=lambda w: C(w.ds)["images"],
+        opts=lambda w: {key: C(w.ds)["images"][key] for key in ("timeout", "retries", "max_bytes")},
     threads: 4
+    resources:
+        # how fast, not what: a resource, so that changing it reruns nothing (params changes do)
+        image_fetches=lambda w: C(w.ds)["images"]["concurrency"],
     log:
         "results/{ds}/logs/images.log",
     conda:
         CPU_ENV
     shell:
         "python -m vlif_pipeline images --items {input.item_table} --base-dir $(dirname {input.meta:q})"
-        " --cache-dir {params.cache} --out {output} --concurrency {params.opts[concurrency]}"
+        " --cache-dir {params.cache} --out {output} --concurrency {resources.image_fetches}"
         " --timeout {params.opts[timeout]} --retries {params.opts[retries]}"
         " --max-bytes {params.opts[max_bytes]} > {log} 2>&1"
 
@@ -45,14 +48,20 @@ rule caption:
         manifest="results/{ds}/images/manifest.parquet",
         item_table="results/{ds}/kcore/items.parquet",
         model=lambda w: vlm_inputs(w.ds),
-        code=code("vision/captioner.py", "vision/prompts.py", "vision/qwen_inputs.py", "vision/fast_generate.py"),
+        code=code(
+            "vision/captioner.py", "vision/prompts.py", "vision/qwen_inputs.py", "vision/fast_generate.py",
+            "vision/fast_vision.py", "vision/tiny_model.py", "cuda_streams.py",
+        ),
     params:
         model=check_vlm,
         cache="results/cache/captions",
-        opts=lambda w: C(w.ds)["vlm"],
+        # what the captions depend on (the prompt is in the file name); the batch size and GPU count
+        # are resources, whose changes rerun nothing (params changes rerun the job and its dependants)
+        opts=lambda w: {key: C(w.ds)["vlm"][key] for key in ("max_new_tokens", "device", "engine", "no_image_policy")},
     threads: 8
     resources:
         gpu=lambda w: C(w.ds)["vlm"]["gpus"],
+        vlm_batch_size=lambda w: C(w.ds)["vlm"]["batch_size"],
     log:
         "results/{ds}/logs/caption_{vlm}__{prompt}__{shard}of{n}.log",
     benchmark:
@@ -63,7 +72,7 @@ rule caption:
         "OMP_NUM_THREADS={threads} python -m vlif_pipeline caption --manifest {input.manifest} --items {input.item_table}"
         " --model {params.model:q} --prompt {wildcards.prompt}"
         " --shard {wildcards.shard} --n-shards {wildcards.n} --cache-dir {params.cache}"
-        " --batch-size {params.opts[batch_size]} --max-new-tokens {params.opts[max_new_tokens]}"
+        " --batch-size {resources.vlm_batch_size} --max-new-tokens {params.opts[max_new_tokens]}"
         " --device {params.opts[device]} --engine {params.opts[engine]}"
         " --no-image-policy {params.opts[no_image_policy]} --out {output} > {log} 2>&1"
 

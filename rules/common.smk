@@ -43,7 +43,7 @@ def code(*modules):
     """Source files of a stage, as inputs: editing them reruns the stage and its dependants.
 
     Each entry is a module path (`amazon/ingest.py`) or a subpackage (`graphs`); `io.py` and
-    `config.py` are shared by every stage.
+    `__main__.py` are shared by every stage.
     """
     files = [PKG / "io.py", PKG / "__main__.py"]
     for module in modules:
@@ -160,16 +160,30 @@ def mmrec_dir(ds):
     return C(ds)["dataset"]["path"]
 
 
+def mmrec_files(ds):
+    """The files of an MMRec folder that kcore reads: the .inter file(s) and the id mappings present.
+
+    Declared one by one: a folder input reruns nothing when a file in it is rewritten.
+    """
+    folder = Path(mmrec_dir(ds))
+    name = C(ds)["dataset"].get("name")
+    files = [folder / f"{name}.inter"] if name else sorted(folder.glob("*.inter"))
+    files += [path for path in (folder / "u_id_mapping.csv", folder / "i_id_mapping.csv") if path.is_file()]
+    return [str(path) for path in files]
+
+
 def kcore_inputs(w):
     """An MMRec folder enters here, with its own ids and split; raw datasets come from ingest."""
     if is_mmrec(w.ds):
-        return {"mmrec": mmrec_dir(w.ds)}
+        return {"mmrec": mmrec_dir(w.ds), "mmrec_files": mmrec_files(w.ds)}
     return {"interactions": f"results/{w.ds}/interactions.parquet", "item_table": f"results/{w.ds}/items.parquet"}
 
 
 def kcore_args(w, input):
     if is_mmrec(w.ds):
-        return f"--format mmrec --mmrec-dir {shlex.quote(input.mmrec)}"
+        name = C(w.ds)["dataset"].get("name")
+        named = f" --mmrec-name {shlex.quote(name)}" if name else ""
+        return f"--format mmrec --mmrec-dir {shlex.quote(input.mmrec)}{named}"
     cfg = C(w.ds)
     return (
         f"--interactions {input.interactions} --items {input.item_table} --k {cfg['kcore']}"

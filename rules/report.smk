@@ -7,7 +7,7 @@ rule report_metrics:
     input:
         run=lambda w: f"results/{w.ds}/runs/{main_run(C(w.ds))}/metrics.json",
         stats="results/{ds}/kcore/stats.json",
-        code=code("report"),
+        code=code("report", "config.py"),
     params:
         config=lambda w: quoted_json(C(w.ds)),
         ingest=lambda w: f"results/{w.ds}/ingest_report.json",
@@ -25,7 +25,7 @@ rule report_table:
         "results/{ds}/table.md",
     input:
         runs=lambda w: table_runs(w.ds),
-        code=code("report"),
+        code=code("report", "config.py"),
     log:
         "results/{ds}/logs/report_table.log",
     conda:
@@ -39,7 +39,7 @@ rule report_ablation:
         "results/{ds}/ablation.md",
     input:
         runs=lambda w: ablation_runs(w.ds),
-        code=code("report"),
+        code=code("report", "config.py"),
     log:
         "results/{ds}/logs/report_ablation.log",
     conda:

@@ -83,6 +83,22 @@ def test_import_without_mappings_or_meta(tmp_path: Path) -> None:
     assert pl.read_parquet(tmp_path / "k" / "interactions.parquet").get_column("split").to_list() == [0, 2]
 
 
+def test_dataset_name_picks_one_of_several_inter_files(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    header = "userID\titemID\trating\ttimestamp\tx_label\n"
+    (folder / "foo.inter").write_text(header + "0\t1\t5\t100\t0\n1\t0\t4\t90\t2\n")
+    (folder / "bar.inter").write_text(header + "0\t0\t5\t100\t0\n")
+    log = tmp_path / "log.txt"
+    base = ["--format", "mmrec", "--mmrec-dir", str(folder), "--log", str(log)]
+    assert kcore.main([*base, "--out-dir", str(tmp_path / "k0")]) == 1
+    assert "expected exactly one *.inter file, found ['bar.inter', 'foo.inter']" in log.read_text()
+    assert kcore.main([*base, "--mmrec-name", "foo", "--out-dir", str(tmp_path / "k")]) == 0
+    assert pl.read_parquet(tmp_path / "k" / "interactions.parquet").height == 2
+    assert kcore.main([*base, "--mmrec-name", "baz", "--out-dir", str(tmp_path / "k2")]) == 1
+    assert "baz.inter: no such file (dataset name 'baz')" in log.read_text()
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

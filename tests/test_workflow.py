@@ -67,6 +67,16 @@ def test_learning_rate_change_reruns_training_only(demo: Path) -> None:
     assert set(jobs) == {"train", "report_metrics"}
 
 
+def test_runtime_settings_rerun_nothing(demo: Path) -> None:
+    """Batch size, GPU count and download concurrency change how fast, not what: no stage reruns
+    (the metrics file, which records the configuration, is rewritten)."""
+    extra = write_config(
+        demo, "runtime.yaml", "images:\n  concurrency: 2\ndatasets:\n  demo:\n    vlm:\n      batch_size: 3\n      gpus: 1\n"
+    )
+    jobs = planned_jobs(snakemake(demo, "-n", "--configfile", "config/config.yaml", extra, "--", "results/demo/metrics.json"))
+    assert set(jobs) <= {"report_metrics"}, jobs
+
+
 def test_editing_stage_code_reruns_that_stage_and_dependants(demo: Path) -> None:
     module = demo / "src/vlif_pipeline/graphs/user_user.py"
     stat = module.stat()
@@ -122,6 +132,13 @@ def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
     assert not {"ingest", "images", "caption", "demo"} & set(jobs)
     result = snakemake(demo, "--cores", "2", *args, "results/mm/graphs/item_knn__original__k10.npz")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    inter = demo / "mmrec_demo/demo.inter"
+    text = inter.read_text()
+    inter.write_text(text[: text.rstrip("\n").rfind("\n") + 1])  # one interaction fewer, same folder
+    try:
+        assert "kcore" in planned_jobs(snakemake(demo, "-n", *args, "results/mm/graphs/item_knn__original__k10.npz"))
+    finally:
+        inter.write_text(text)
     cols = ["u", "i", "split"]
     ours = pl.read_parquet(demo / "results/demo/kcore/interactions.parquet").select(cols).sort(cols)
     theirs = pl.read_parquet(demo / "results/mm/kcore/interactions.parquet").select(cols).sort(cols)

@@ -20,6 +20,7 @@ STAGE_SECTIONS = (
     "captions", "graphs", "train", "report",
 )
 LOCATION_KEYS = ("reviews", "meta", "image_features", "path")
+AMAZON_FORMATS = ("amazon2014", "amazon2018", "amazon2023")
 TINY_VLM = "tiny-random"
 """Reserved `vlm.model` value: a randomly initialised tiny Qwen2.5-VL that the pipeline builds."""
 
@@ -58,6 +59,12 @@ def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Pat
             problems.append(
                 f"datasets.{name}.train.visual: 'vlm' needs images and titles, which an MMRec folder "
                 "does not have; set it to 'original'"
+            )
+        needs_cnn_features = train.get("visual") == "original" and "image_features" not in entry
+        if entry.get("format") in AMAZON_FORMATS and needs_cnn_features:
+            problems.append(
+                f"datasets.{name}.train.visual: 'original' needs the dataset's CNN features; "
+                f"set datasets.{name}.image_features or use 'vlm'"
             )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -175,6 +175,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--interactions", type=Path)
     parser.add_argument("--items", type=Path, help="items table (with --format mmrec: optional, joined on asin)")
     parser.add_argument("--mmrec-dir", type=Path)
+    parser.add_argument("--mmrec-name", help="the MMRec folder's <name>.inter (default: its only *.inter file)")
     parser.add_argument("--k", type=_positive, default=5)
     parser.add_argument("--split", choices=["random", "loo"], default="random")
     parser.add_argument("--seed", type=int, default=42)
@@ -194,7 +195,7 @@ def main(argv: list[str]) -> int:
         if args.format == "mmrec":
             log.info("MMRec folder: its ids and split are kept; --k, --split, --seed, --missing-meta do not apply")
             items = _read_table(args.items, ("item_id",)) if args.items else None
-            tables = import_mmrec(args.mmrec_dir, items)
+            tables = import_mmrec(args.mmrec_dir, items, args.mmrec_name)
         else:
             interactions = _read_table(args.interactions, INTERACTION_COLUMNS)
             items = _read_table(args.items, ("item_id", "has_meta"))

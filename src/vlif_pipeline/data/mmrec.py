@@ -69,9 +69,15 @@ def _read_tsv(path: Path, required: tuple[str, ...], strings: tuple[str, ...] = 
     return table
 
 
-def _find_inter(folder: Path) -> Path:
+def _find_inter(folder: Path, name: str | None = None) -> Path:
+    """``<name>.inter`` in ``folder``, or without a name the folder's only ``*.inter`` file."""
     if not folder.is_dir():
         raise StageError(f"{folder}: no such folder")
+    if name is not None:
+        path = folder / f"{name}.inter"
+        if not path.is_file():
+            raise StageError(f"{path}: no such file (dataset name {name!r})")
+        return path
     found = sorted(folder.glob("*.inter"))
     if len(found) != 1:
         raise StageError(f"{folder}: expected exactly one *.inter file, found {[p.name for p in found]}")
@@ -90,14 +96,15 @@ def _mapping(path: Path, id_col: str, new_col: str, n: int) -> pl.Series:
 
 
 def import_mmrec(
-    folder: Path, items_meta: pl.DataFrame | None
+    folder: Path, items_meta: pl.DataFrame | None, name: str | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """Read an MMRec folder into the kcore tables (interactions, users, items, stats).
 
+    ``name``: the dataset's ``<name>.inter``; None takes the folder's only ``*.inter`` file.
     Item text comes from ``items_meta`` (an ingested items table, joined on asin) when given;
     otherwise items have empty text and ``has_meta = false``.
     """
-    inter_path = _find_inter(folder)
+    inter_path = _find_inter(folder, name)
     raw = _read_tsv(inter_path, ("userID", "itemID", "x_label"))
     for column in ("userID", "itemID", "x_label"):
         if not raw.schema[column].is_integer() or raw.get_column(column).null_count():
