@@ -3,7 +3,8 @@
 Per modality m, every item's k nearest items by cosine similarity are found by scanning
 (block x block) tiles of the similarity matrix, keeping each tile's exact top-k and ordering those
 candidates once per block of query rows, so memory is O(n*k + block^2) while the result equals a
-dense computation exactly.
+dense computation of the same similarities (a tile's products can round differently from a dense
+product's, so two near-equal neighbours may swap between block sizes).
 
 Decisions (also in docs/graphs.md):
 - Ranking is a strict total order: higher cosine first, then the LOWER item index. Ties (duplicate
