@@ -20,7 +20,9 @@ class Server:
     """A tiny range-aware server whose misbehaviour each test scripts."""
 
     def __init__(self) -> None:
-        self.plan: list[str] = []  # per request: "ok", "500", "drop" (half the body, then close), "404", "norange"
+        # per request: "ok", "500", "drop" (half the body, then close), "404", "norange", "badstart" (a 206
+        # from byte 0 whatever the range asked); ETag and If-Range as a real server: a changed file is sent whole
+        self.plan: list[str] = []
         self.ranges: list[str | None] = []
         self.body = PAYLOAD
         outer = self
@@ -37,12 +39,15 @@ class Server:
                     return
                 start = 0
                 rng = self.headers.get("Range")
-                if rng and action != "norange":
-                    start = int(rng.removeprefix("bytes=").rstrip("-"))
+                etag = f'"{hashlib.sha256(outer.body).hexdigest()[:16]}"'
+                if_range = self.headers.get("If-Range")
+                if rng and action != "norange" and if_range in (None, etag):
+                    start = 0 if action == "badstart" else int(rng.removeprefix("bytes=").rstrip("-"))
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(outer.body) - 1}/{len(outer.body)}")
                 else:
                     self.send_response(200)
+                self.send_header("ETag", etag)
                 body = outer.body[start:]
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -136,9 +141,40 @@ def test_checksum_mismatch_fails(server: Server, tmp_path: Path) -> None:
 
 
 def test_error_page_under_gz_name_is_refused(server: Server, tmp_path: Path) -> None:
+    """Refused, and not kept as the start of a later download: a rerun once the server is fixed starts afresh."""
     server.body = b"<html>Service moved</html>"
     assert _run(server.url, tmp_path / "reviews.json.gz") == 1
     assert "not gzip data" in (tmp_path / "log.txt").read_text()
+    assert not list(tmp_path.glob("reviews.json.gz.part*"))
+    server.body = PAYLOAD
+    assert _run(server.url, tmp_path / "reviews.json.gz") == 0
+    assert (tmp_path / "reviews.json.gz").read_bytes() == PAYLOAD and server.ranges[-1] is None
+
+
+def test_resume_after_the_file_changed_starts_over(server: Server, tmp_path: Path) -> None:
+    """A killed download resumed after the server's file changed must not splice old bytes to new ones."""
+    out = tmp_path / "reviews.json.gz"
+    server.plan = ["drop"]
+    killed = ["--url", server.url, "--out", str(out), "--retries", "0", "--log", str(tmp_path / "log.txt")]
+    assert download.main(killed) == 1
+    assert (tmp_path / "reviews.json.gz.part").stat().st_size > 0
+    server.body = gzip.compress(bytes(range(255, -1, -1)) * 4000, compresslevel=0)
+    assert _run(server.url, out) == 0
+    assert out.read_bytes() == server.body and server.ranges[-1] is not None  # asked to resume, got the new file
+
+
+def test_partial_answer_from_the_wrong_offset_starts_over(server: Server, tmp_path: Path) -> None:
+    server.plan = ["drop", "badstart"]
+    out = tmp_path / "reviews.json.gz"
+    assert _run(server.url, out) == 0
+    assert out.read_bytes() == PAYLOAD
+    assert "starting over" in (tmp_path / "log.txt").read_text()
+
+
+def test_malformed_url_is_a_clear_error(tmp_path: Path) -> None:
+    assert _run("http://[bad/reviews.json.gz", tmp_path / "reviews.json.gz") == 1
+    log = (tmp_path / "log.txt").read_text()
+    assert "invalid URL" in log and "Traceback" not in log
 
 
 def test_size_cap(server: Server, tmp_path: Path) -> None:

@@ -86,6 +86,18 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(GOOD[:20])
         elif self.path == "/bomb.png":
             self._send(200, BIG_PIXELS)
+        elif self.path == "/drip.png":  # one byte every 0.1 s: each read is quick, the whole body is not
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(GOOD)))
+                self.end_headers()
+                for k in range(len(GOOD)):
+                    self.wfile.write(GOOD[k : k + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
         else:
             self._send(404, b"not found", ctype="text/plain")
 
@@ -188,3 +200,26 @@ def test_damaged_cache_file_is_fetched_again(tmp_path: Path, server: str) -> Non
     second = run_stage(tmp_path, [f"{server}/good.png"])
     assert second["status"].to_list() == ["ok"]
     assert cached.read_bytes() == GOOD
+
+
+def test_truncated_jpeg_is_not_an_image() -> None:
+    """Pillow's verify() reads no JPEG image data; the full decode must catch a cut-off file."""
+    buf = io.BytesIO()
+    Image.effect_noise((128, 96), 60).convert("RGB").save(buf, format="JPEG")  # noise: the scan data dominates
+    data = buf.getvalue()
+    assert stage.inspect_image(data, stage.FetchConfig()) == ("jpg", 128, 96)
+    with pytest.raises(stage.FetchFailure) as info:
+        stage.inspect_image(data[: len(data) * 3 // 4], stage.FetchConfig())
+    assert info.value.status == "not_an_image"
+
+
+def test_body_trickling_past_the_deadline_times_out(tmp_path: Path, server: str) -> None:
+    start = time.monotonic()
+    manifest = run_stage(tmp_path, [f"{server}/drip.png"], "--retries", "0")
+    assert manifest["status"].to_list() == ["timeout"]
+    assert time.monotonic() - start < 3  # the body would take over 10 s
+
+
+def test_malformed_url_is_an_item_status(tmp_path: Path) -> None:
+    manifest = run_stage(tmp_path, ["http://[bad/x.png", "http://a..b/x.png"])
+    assert manifest["status"].to_list() == ["http_error", "http_error"]

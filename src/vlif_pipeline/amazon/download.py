@@ -1,8 +1,11 @@
 """Stage ``download``: fetch one raw file with retries, resume, timeouts, a size cap and a checksum.
 
-Bytes go to ``<out>.part``; a retry after a dropped connection asks for the rest with an HTTP
-``Range`` header (and starts over if the server ignores it). Only a complete file that passes the
-checks is renamed to ``<out>``, next to ``<out>.sha256`` (``sha256sum`` format). A source without
+Bytes go to ``<out>.part``, and what the first response said of the file (ETag, Last-Modified,
+length) to ``<out>.part.json``; a retry after a dropped connection, or a rerun after a kill, asks
+for the rest with an HTTP ``Range`` header and ``If-Range``, and starts over if the server ignores
+the range, sends a changed file, or answers from another offset. Only a complete file that passes
+the checks is renamed to ``<out>``, next to ``<out>.sha256`` (``sha256sum`` format); a file refused
+for its content (an error page under a .gz name, over the size cap) is deleted, partial and all. A source without
 a scheme or with ``file://`` is copied from the local path the same way, so a dataset may name a
 URL or a path.
 """
@@ -12,8 +15,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -21,6 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging
 
@@ -33,6 +39,13 @@ class _Retry(Exception):
     """A failure worth another attempt (network trouble, a 5xx, a short body)."""
 
 
+class _Refused(StageError):
+    """The bytes themselves are wrong (an error page, over the size cap): the partial file goes too.
+
+    Other failures keep ``<out>.part`` so that a rerun resumes it.
+    """
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
@@ -42,46 +55,93 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _total_from_content_range(value: str | None) -> int | None:
-    if not value or "/" not in value:
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total length) of a ``Content-Range: bytes a-b/total`` header; None where absent."""
+    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*", value or "")
+    if match is None:
+        return None, None
+    start, total = match.groups()
+    return (int(start) if start else None), (int(total) if total and total.isdigit() else None)
+
+
+def _validator_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _read_validator(part: Path, url: str) -> dict[str, Any] | None:
+    """What the response that began ``part`` said about the file (ETag, Last-Modified, length)."""
+    try:
+        about = json.loads(_validator_path(part).read_text())
+    except (OSError, ValueError):
         return None
-    total = value.rsplit("/", 1)[1].strip()
-    return int(total) if total.isdigit() else None
+    return about if isinstance(about, dict) and about.get("url") == url else None
+
+
+def _write_validator(part: Path, url: str, response: http.client.HTTPResponse, length: int | None) -> None:
+    with atomic_path(_validator_path(part)) as tmp:
+        tmp.write_text(json.dumps({"url": url, "etag": response.headers.get("ETag"),
+                                   "last_modified": response.headers.get("Last-Modified"), "length": length}))
+
+
+def discard_partial(part: Path) -> None:
+    """Remove a partial download and what is known about it."""
+    part.unlink(missing_ok=True)
+    _validator_path(part).unlink(missing_ok=True)
 
 
 def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: logging.Logger) -> None:
-    """One HTTP attempt that appends to ``part``; raises ``_Retry`` or ``StageError`` on failure."""
-    offset = part.stat().st_size if part.exists() else 0
+    """One HTTP attempt that appends to ``part``; raises ``_Retry`` or ``StageError`` on failure.
+
+    A resume sends ``If-Range`` with the first response's ETag (or Last-Modified), so a server whose
+    file changed since answers with the whole new file; a partial answer must start at the byte
+    asked for and have the length first announced, else the download starts over.
+    """
+    validator = _read_validator(part, url) if part.exists() else None
+    offset = part.stat().st_size if validator is not None else 0
+    if part.exists() and validator is None:
+        discard_partial(part)  # bytes of unknown origin (an older version of this stage): start over
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
+        if validator.get("etag") or validator.get("last_modified"):
+            headers["If-Range"] = validator.get("etag") or validator["last_modified"]
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - the configured URL
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:
-            total = _total_from_content_range(err.headers.get("Content-Range"))
-            if total == offset:
+            total = _content_range(err.headers.get("Content-Range"))[1]
+            if total == offset and validator.get("length") in (None, offset):
                 return  # the previous attempt already had every byte
-            part.unlink()
+            discard_partial(part)
             raise _Retry(f"HTTP 416 for a range starting at {offset}; starting over") from None
         if err.code in RETRYABLE_STATUS:
             raise _Retry(f"HTTP {err.code} {err.reason}") from None
         raise StageError(f"{url}: HTTP {err.code} {err.reason} (not retried)") from None
     except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as err:
         raise _Retry(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
+    except ValueError as err:  # a malformed URL ("http://[bad/x.gz", an invalid host name)
+        raise StageError(f"{url}: invalid URL ({err})") from None
 
     with response:
         if offset and response.status == 206:
+            start, expected = _content_range(response.headers.get("Content-Range"))
+            known = validator.get("length")
+            if start != offset or (known is not None and expected != known):
+                discard_partial(part)
+                raise _Retry(
+                    f"the server answered a resume at byte {offset} with Content-Range "
+                    f"{response.headers.get('Content-Range')!r} (file length {known}); starting over"
+                )
             mode = "ab"
-            expected = _total_from_content_range(response.headers.get("Content-Range"))
             log.info("resuming %s at byte %d", url, offset)
         else:
             mode, offset = "wb", 0
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
+            _write_validator(part, url, response, expected)
         if expected is not None and expected > max_bytes:
-            raise StageError(f"{url}: {expected} bytes exceed the --max-bytes cap of {max_bytes}")
+            raise _Refused(f"{url}: {expected} bytes exceed the --max-bytes cap of {max_bytes}")
         written = offset
         next_report = time.monotonic() + 30
         with open(part, mode) as fh:
@@ -90,7 +150,7 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
                     fh.write(block)
                     written += len(block)
                     if written > max_bytes:
-                        raise StageError(f"{url}: more than the --max-bytes cap of {max_bytes} bytes")
+                        raise _Refused(f"{url}: more than the --max-bytes cap of {max_bytes} bytes")
                     if time.monotonic() > next_report:
                         log.info("%s: %d of %s bytes", url, written, expected or "?")
                         next_report = time.monotonic() + 30
@@ -115,7 +175,7 @@ def _check_content(out: Path, part: Path) -> None:
     with open(part, "rb") as fh:
         head = fh.read(16)
     if head[:2] != b"\x1f\x8b":
-        raise StageError(f"{out}: the download is not gzip data (starts with {head!r}); wrong URL or an error page?")
+        raise _Refused(f"{out}: the download is not gzip data (starts with {head!r}); wrong URL or an error page?")
 
 
 def download(
@@ -125,7 +185,30 @@ def download(
     """Fetch ``url`` to ``out``, write ``out.sha256``; returns the hex digest."""
     part = out.with_name(out.name + ".part")
     out.parent.mkdir(parents=True, exist_ok=True)
-    parsed = urllib.parse.urlparse(url)
+    try:
+        _download_part(url, part, sha256, retries, timeout, backoff, max_bytes, log)
+        _check_content(out, part)
+    except _Refused:
+        discard_partial(part)
+        raise
+    digest = sha256_of(part)
+    os.replace(part, out)
+    _validator_path(part).unlink(missing_ok=True)
+    with atomic_path(out.with_name(out.name + ".sha256")) as tmp:
+        tmp.write_text(f"{digest}  {out.name}\n")
+    log.info("downloaded %s -> %s (%d bytes, sha256 %s)", url, out, out.stat().st_size, digest)
+    return digest
+
+
+def _download_part(
+    url: str, part: Path, sha256: str | None, retries: int, timeout: float, backoff: float, max_bytes: int,
+    log: logging.Logger,
+) -> None:
+    """Fill ``part`` with the whole source, retrying transient failures; ``StageError`` when hopeless."""
+    try:
+        parsed = urllib.parse.urlparse(url)
+    except ValueError as err:
+        raise StageError(f"{url}: invalid URL ({err})") from None
     attempt = 0
     while True:
         try:
@@ -135,11 +218,12 @@ def download(
                 _copy_local(Path(urllib.parse.unquote(parsed.path) if parsed.scheme else url), part, max_bytes)
             else:
                 raise StageError(f"{url}: unsupported scheme {parsed.scheme!r} (http, https, file or a path)")
-            digest = sha256_of(part)
-            if sha256 and digest != sha256.lower():
-                part.unlink()
-                raise _Retry(f"sha256 mismatch: got {digest}, expected {sha256.lower()}")
-            break
+            if sha256:
+                digest = sha256_of(part)
+                if digest != sha256.lower():
+                    discard_partial(part)
+                    raise _Retry(f"sha256 mismatch: got {digest}, expected {sha256.lower()}")
+            return
         except _Retry as err:
             attempt += 1
             if attempt > retries:
@@ -147,12 +231,6 @@ def download(
             delay = min(backoff * 2 ** (attempt - 1), 60.0)
             log.warning("%s: attempt %d failed (%s); retrying in %.1f s", url, attempt, err, delay)
             time.sleep(delay)
-    _check_content(out, part)
-    os.replace(part, out)
-    with atomic_path(out.with_name(out.name + ".sha256")) as tmp:
-        tmp.write_text(f"{digest}  {out.name}\n")
-    log.info("downloaded %s -> %s (%d bytes, sha256 %s)", url, out, out.stat().st_size, digest)
-    return digest
 
 
 def main(argv: list[str]) -> int:

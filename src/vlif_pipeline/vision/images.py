@@ -89,9 +89,9 @@ def _is_remote(url: str) -> bool:
 
 def _read_http(url: str, cfg: FetchConfig) -> tuple[bytes, int]:
     """GET ``url`` (redirects followed by urllib) within the size cap and an overall deadline."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
     deadline = time.monotonic() + cfg.timeout
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         with urllib.request.urlopen(request, timeout=cfg.timeout) as response:
             code = response.status
             ctype = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -101,7 +101,9 @@ def _read_http(url: str, cfg: FetchConfig) -> tuple[bytes, int]:
             if length and length.isdigit() and int(length) > cfg.max_bytes:
                 raise FetchFailure("too_large", code, f"Content-Length {length} > {cfg.max_bytes}", False)
             chunks, size = [], 0
-            while chunk := response.read(64 * 1024):
+            # read1: whatever has arrived (at most one socket read), so that a server trickling bytes
+            # slower than the per-read timeout still meets the whole-body deadline
+            while chunk := response.read1(64 * 1024):
                 size += len(chunk)
                 if size > cfg.max_bytes:
                     raise FetchFailure("too_large", code, f"body exceeds {cfg.max_bytes} bytes", False)
@@ -121,6 +123,8 @@ def _read_http(url: str, cfg: FetchConfig) -> tuple[bytes, int]:
         raise FetchFailure("http_error", None, f"connection error: {err.reason}", True) from None
     except (OSError, http.client.HTTPException) as err:  # resets, truncated bodies, bad status lines
         raise FetchFailure("http_error", None, f"connection error: {err!r}", True) from None
+    except ValueError as err:  # a malformed URL ("http://[bad/x.jpg", an invalid host name)
+        raise FetchFailure("http_error", None, f"invalid URL: {err}", False) from None
 
 
 def _read_local(url: str, base_dir: Path, cfg: FetchConfig) -> bytes:
@@ -158,7 +162,9 @@ def inspect_image(data: bytes, cfg: FetchConfig) -> tuple[str, int, int]:
             fmt = (img.format or "img").lower()
             if width * height > cfg.max_pixels:
                 raise FetchFailure("too_large", None, f"{width}x{height} pixels > {cfg.max_pixels}", False)
-            img.verify()
+            img.verify()  # checksums and structure; for JPEG and GIF it reads no image data
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # a full decode: a truncated JPEG or GIF fails here, not in the captioner
     except FetchFailure:
         raise
     except Image.DecompressionBombError as err:
