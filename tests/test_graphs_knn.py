@@ -156,6 +156,17 @@ def test_cli_rejects_bad_input(tmp_path: Path, caplog: pytest.LogCaptureFixture,
     assert not (tmp_path / "g.npz").exists()
 
 
+@pytest.mark.parametrize("weight", ["nan", "inf"])
+def test_cli_rejects_non_finite_weights(tmp_path: Path, weight: str) -> None:
+    np.save(tmp_path / "f.npy", np.eye(4, dtype=np.float32))
+    log = tmp_path / "knn.log"
+    argv = ["--features", str(tmp_path / "f.npy"), str(tmp_path / "f.npy"), "--weights", "1", weight, "--k", "2",
+            "--out", str(tmp_path / "g.npz"), "--log", str(log)]
+    assert item_knn.main(argv) == 1
+    assert "weights must be finite" in log.read_text()
+    assert not (tmp_path / "g.npz").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu() -> None:
     features = lattice_features(200, seed=11)

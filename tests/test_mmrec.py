@@ -121,3 +121,26 @@ def test_export_checks_feature_rows(tmp_path: Path, kcore_dir: Path) -> None:
     assert mmrec.main(["--kcore-dir", str(kcore_dir), "--image-feat", str(tmp_path / "img.npy"), "--name", "toy",
                        "--out-dir", str(tmp_path / "m"), "--log", str(tmp_path / "log.txt")]) == 1
     assert "expected (" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("features", "stats", "message"),
+    [
+        (np.array([[0.0, 1.0], [np.nan, 1.0]], np.float32), {"n_items": 2},
+         "1 rows have non-finite values (first: row 1)"),
+        (np.zeros((2, 2), np.float32), None, "stats.json: cannot read n_items"),
+        (np.zeros((3, 2), np.float32), {"n_items": 2}, "shape (3, 2), expected (2, d)"),
+    ],
+)
+def test_features_copy_rejects_bad_input(
+    tmp_path: Path, features: np.ndarray, stats: dict | None, message: str
+) -> None:
+    np.save(tmp_path / "text_feat.npy", features)
+    if stats is not None:
+        (tmp_path / "stats.json").write_text(json.dumps(stats))
+    log = tmp_path / "log.txt"
+    argv = ["--source", str(tmp_path / "text_feat.npy"), "--stats", str(tmp_path / "stats.json"),
+            "--out", str(tmp_path / "text.npy"), "--log", str(log)]
+    assert mmrec.features_main(argv) == 1
+    assert message in log.read_text() and "Traceback" not in log.read_text()
+    assert not (tmp_path / "text.npy").exists()

@@ -188,3 +188,12 @@ def test_cli_reports_a_missing_column(tmp_path: Path) -> None:
     assert encode.main(argv) == 1
     assert "items.parquet: missing column(s) brand, categories, description" in log.read_text()
     assert not (tmp_path / "t.npy").exists()
+
+
+def test_cli_reports_an_empty_items_table(tmp_path: Path) -> None:
+    items = write_items(tmp_path / "items.parquet", [], [])
+    log = tmp_path / "enc.log"
+    argv = ["--items", str(items), "--model", "all-MiniLM-L6-v2", "--cache-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "t.npy"), "--log", str(log)]
+    assert encode.main(argv) == 1
+    assert "items.parquet: no items" in log.read_text()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -215,6 +218,65 @@ def test_bad_inputs_fail_with_clear_messages(
     run.main(cli_args(inputs, "bpr", tmp_path / "h", {"learnig_rate": 1}) + ["--log", str(log)])
     assert "unknown parameter(s) ['learnig_rate']" in log.read_text()
     assert not any((tmp_path / name / "metrics.json").exists() for name in "abcdef")
+
+
+def _corrupt_graph(source: Path, target: Path) -> Path:
+    """A copy of a .npz graph whose first column index points past the matrix (a crash, not an error, before)."""
+    with np.load(source) as archive:
+        arrays = dict(archive)
+    arrays["indices"] = arrays["indices"].copy()
+    arrays["indices"][0] = arrays["shape"][1] + 5
+    np.savez(target, **arrays)
+    return target
+
+
+def _write_npy_variants(folder: Path) -> dict[str, Path]:
+    folder.mkdir()
+    (folder / "empty.npy").write_bytes(b"")
+    np.savez(folder / "archive.npz", x=np.zeros((120, 16), np.float32))
+    (folder / "archive.npz").rename(folder / "archive.npy")
+    np.save(folder / "words.npy", np.array([["a"] * 16] * 120))
+    return {name: folder / f"{name}.npy" for name in ("empty", "archive", "words")}
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("graph-index", "malformed sparse matrix"),
+        ("empty", "empty.npy: cannot read as .npy"),
+        ("archive", "archive.npy: an .npz archive, not a .npy array"),
+        ("words", "words.npy: dtype <U1 is not a real number type"),
+        ("checkpoint", "unreadable checkpoint"),
+    ],
+)
+def test_corrupt_files_fail_with_one_clear_line(
+    inputs: dict[str, Path], tmp_path: Path, case: str, message: str
+) -> None:
+    args = dict(inputs)
+    out = tmp_path / "run"
+    if case == "graph-index":
+        args["item_knn"] = _corrupt_graph(inputs["item_knn"], tmp_path / "knn.npz")
+    elif case == "checkpoint":
+        out.mkdir()
+        (out / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    else:
+        args["text"] = _write_npy_variants(tmp_path / "npy")[case]
+    log = tmp_path / "log.txt"
+    assert run.main(cli_args(args, "vlif", out, {"max_epochs": 1}) + ["--log", str(log)]) == 1
+    assert message in log.read_text() and "Traceback" not in log.read_text()
+
+
+def test_a_split_without_test_interactions_is_refused(inputs: dict[str, Path], tmp_path: Path) -> None:
+    kcore = tmp_path / "kcore"
+    shutil.copytree(inputs["kcore_dir"], kcore)
+    table = pq.read_table(kcore / "interactions.parquet")
+    split = np.asarray(table.column("split"))
+    no_test = pa.array(np.where(split == 2, 1, split).astype(split.dtype))  # test interactions become valid
+    table = table.set_column(table.schema.get_field_index("split"), "split", no_test)
+    pq.write_table(table, kcore / "interactions.parquet")
+    log = tmp_path / "log.txt"
+    assert run.main(cli_args({**inputs, "kcore_dir": kcore}, "bpr", tmp_path / "run", {}) + ["--log", str(log)]) == 1
+    assert "no test interactions (split == 2)" in log.read_text()
 
 
 def test_params_of_other_models_are_ignored_and_reported(inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -82,8 +82,17 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
 
 
 def load_npy(path: str | os.PathLike[str], mmap: bool = False) -> np.ndarray:
-    """Load a .npy without ever unpickling."""
-    return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    """Load a numeric .npy without ever unpickling; anything else is a ``StageError`` naming the file."""
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as err:  # missing, truncated, empty, pickled objects
+        raise StageError(f"{path}: cannot read as .npy ({err})") from None
+    if not isinstance(array, np.ndarray):  # np.load opens an .npz archive under any name
+        array.close()
+        raise StageError(f"{path}: an .npz archive, not a .npy array")
+    if array.dtype.kind not in "biuf":
+        raise StageError(f"{path}: dtype {array.dtype} is not a real number type")
+    return array
 
 
 def setup_logging(log_file: str | os.PathLike[str] | None, name: str = "vlif") -> logging.Logger:

@@ -35,7 +35,12 @@ def _copy_features(source: Path, target: Path, n_items: int) -> None:
     features = load_npy(source, mmap=True)
     if features.ndim != 2 or features.shape[0] != n_items:
         raise StageError(f"{source}: shape {features.shape}, expected ({n_items}, d) for the {n_items} items")
-    save_npy(target, np.asarray(features, dtype=np.float32))
+    features = np.asarray(features, dtype=np.float32)
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise StageError(f"{source}: {bad.size} rows have non-finite values (first: row {int(bad[0])})")
+    save_npy(target, features)
 
 
 def export_mmrec(kcore_dir: Path, name: str, out_dir: Path, text_feat: Path | None, image_feat: Path | None) -> None:
@@ -184,7 +189,10 @@ def features_main(argv: list[str]) -> int:
     log = setup_logging(args.log, "mmrec-features")
 
     def body() -> None:
-        n_items = int(json.loads(args.stats.read_text())["n_items"])
+        try:
+            n_items = int(json.loads(args.stats.read_text())["n_items"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise StageError(f"{args.stats}: cannot read n_items ({type(err).__name__}: {err})") from None
         _copy_features(args.source, args.out, n_items)
         log.info("copied %s -> %s (%d items)", args.source, args.out, n_items)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -211,10 +212,7 @@ def mixed_graph(neighbours: Sequence[np.ndarray], weights: Sequence[float]) -> s
 
 def _load_features(path: str, n_expected: int | None) -> np.ndarray:
     """Load one modality as a float32 (n, d) array, rejecting wrong shapes and non-finite values."""
-    try:
-        array = load_npy(path)
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: cannot read as .npy ({err})") from err
+    array = load_npy(path)
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
         raise StageError(f"{path}: expected a 2-d (items, dim) array with at least 2 items, got {array.shape}")
     if n_expected is not None and array.shape[0] != n_expected:
@@ -243,8 +241,8 @@ def main(argv: list[str]) -> int:
     def body() -> None:
         if len(args.weights) != len(args.features):
             raise StageError(f"{len(args.features)} feature files but {len(args.weights)} weights")
-        if any(w < 0 for w in args.weights) or sum(args.weights) <= 0:
-            raise StageError(f"weights must be >= 0 with a positive sum, got {args.weights}")
+        if not all(math.isfinite(w) and w >= 0 for w in args.weights) or sum(args.weights) <= 0:
+            raise StageError(f"weights must be finite, >= 0 and with a positive sum, got {args.weights}")
         if args.k < 1 or args.block_size < 1:
             raise StageError(f"--k and --block-size must be positive, got {args.k} and {args.block_size}")
         device = resolve_device(args.device)

@@ -114,6 +114,12 @@ def embed_texts(
     if len(dims) != 1:
         raise StageError(f"{cache.folder}: cached embeddings have mixed dimensions {sorted(dims)}")
     out = np.stack([found[d] for d in digests]).astype(np.float32, copy=False)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        raise StageError(
+            f"{cache.folder}: {int((~finite).sum())} embeddings are not finite (first: text {int(np.argmin(finite))}); "
+            "delete that cache folder to encode again"
+        )
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     return out
 
@@ -143,6 +149,8 @@ def main(argv: list[str]) -> int:
                                args.captions, failed, len(texts), "the title" if args.prepend_title else "''")
         else:
             texts = item_texts(args.items)
+        if not texts:
+            raise StageError(f"{args.items}: no items")
         logger.info("%d items, %d with empty text", len(texts), sum(1 for t in texts if not t))
         embeddings = embed_texts(texts, args.model, args.cache_dir, args.batch_size, args.device, logger)
         save_npy(args.out, embeddings)

@@ -7,6 +7,7 @@ it back without unpickling code.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[
         return None
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
         raise StageError(f"{path}: unreadable checkpoint ({err}); delete it to restart training") from err
 
 

@@ -7,6 +7,7 @@ on the GPU machine's bare Python.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def read_splits(kcore_dir: str | os.PathLike[str]) -> tuple[int, int, sp.csr_mat
         raise StageError(f"{path}: no training interactions (split == 0)")
     if not (split == VALID).any():
         raise StageError(f"{path}: no validation interactions (split == 1): early stopping needs them")
+    if not (split == TEST).any():
+        raise StageError(f"{path}: no test interactions (split == 2): there would be nothing to report")
     return (n_users, n_items, *split_matrices(u, i, split, n_users, n_items))
 
 
@@ -86,10 +89,7 @@ def _features(path: str | os.PathLike[str] | None, n_items: int) -> np.ndarray |
     """An (I, D) float32 feature matrix, validated against the item count."""
     if path is None:
         return None
-    try:
-        array = load_npy(path)
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: cannot read as .npy ({err})") from err
+    array = load_npy(path)
     if array.ndim != 2 or array.shape[0] != n_items:
         raise StageError(f"{path}: expected shape ({n_items}, dim), got {array.shape}")
     array = np.ascontiguousarray(array, dtype=np.float32)
@@ -103,11 +103,15 @@ def _graph(path: str | os.PathLike[str], shape: tuple[int, int]) -> sp.csr_matri
     """A scipy sparse .npz graph, validated against the expected shape and for finite weights."""
     try:
         matrix = sp.load_npz(path)
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: cannot read as a scipy sparse .npz ({err})") from err
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise StageError(f"{path}: cannot read as a scipy sparse .npz ({type(err).__name__}: {err})") from None
     if matrix.shape != shape:
         raise StageError(f"{path}: expected shape {shape}, got {matrix.shape}")
     matrix = sp.csr_matrix(matrix, dtype=np.float32)
+    try:  # out-of-range or unsorted indices would crash torch's sparse kernels (no Python error)
+        matrix.check_format(full_check=True)
+    except ValueError as err:
+        raise StageError(f"{path}: malformed sparse matrix ({err})") from None
     if not np.isfinite(matrix.data).all():
         raise StageError(f"{path}: has non-finite edge weights")
     return matrix
