@@ -83,7 +83,7 @@ def _write_validator(part: Path, url: str, response: http.client.HTTPResponse, l
                                    "last_modified": response.headers.get("Last-Modified"), "length": length}))
 
 
-def discard_partial(part: Path) -> None:
+def _discard_partial(part: Path) -> None:
     """Remove a partial download and what is known about it."""
     part.unlink(missing_ok=True)
     _validator_path(part).unlink(missing_ok=True)
@@ -99,7 +99,7 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
     validator = _read_validator(part, url) if part.exists() else None
     offset = part.stat().st_size if validator is not None else 0
     if part.exists() and validator is None:
-        discard_partial(part)  # bytes of unknown origin (an older version of this stage): start over
+        _discard_partial(part)  # bytes of unknown origin (an older version of this stage): start over
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -113,7 +113,7 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
             total = _content_range(err.headers.get("Content-Range"))[1]
             if total == offset and validator.get("length") in (None, offset):
                 return  # the previous attempt already had every byte
-            discard_partial(part)
+            _discard_partial(part)
             raise _Retry(f"HTTP 416 for a range starting at {offset}; starting over") from None
         if err.code in RETRYABLE_STATUS:
             raise _Retry(f"HTTP {err.code} {err.reason}") from None
@@ -128,7 +128,7 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
             start, expected = _content_range(response.headers.get("Content-Range"))
             known = validator.get("length")
             if start != offset or (known is not None and expected != known):
-                discard_partial(part)
+                _discard_partial(part)
                 raise _Retry(
                     f"the server answered a resume at byte {offset} with Content-Range "
                     f"{response.headers.get('Content-Range')!r} (file length {known}); starting over"
@@ -139,12 +139,13 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
             mode, offset = "wb", 0
             length = response.headers.get("Content-Length")
             expected = int(length) if length and length.isdigit() else None
-            _write_validator(part, url, response, expected)
         if expected is not None and expected > max_bytes:
             raise _Refused(f"{url}: {expected} bytes exceed the --max-bytes cap of {max_bytes}")
         written = offset
         next_report = time.monotonic() + 30
         with open(part, mode) as fh:
+            if mode == "wb":  # after the truncation: old bytes never sit under the new file's validator
+                _write_validator(part, url, response, expected)
             try:
                 while block := response.read(CHUNK):
                     fh.write(block)
@@ -189,7 +190,7 @@ def download(
         _download_part(url, part, sha256, retries, timeout, backoff, max_bytes, log)
         _check_content(out, part)
     except _Refused:
-        discard_partial(part)
+        _discard_partial(part)
         raise
     digest = sha256_of(part)
     os.replace(part, out)
@@ -221,7 +222,7 @@ def _download_part(
             if sha256:
                 digest = sha256_of(part)
                 if digest != sha256.lower():
-                    discard_partial(part)
+                    _discard_partial(part)
                     raise _Retry(f"sha256 mismatch: got {digest}, expected {sha256.lower()}")
             return
         except _Retry as err:
