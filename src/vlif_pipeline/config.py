@@ -109,6 +109,7 @@ def visual_variant(cfg: dict[str, Any]) -> str:
 
 
 VARIANT_PROMPT = {"vlm_title": "title_cot", "vlm_plain": "plain"}
+RUN_FUSIONS = ("pid", "pooling", "concat", "weighted_concat")
 
 FEATURE_MODELS = {"vlif", "freedom"}
 
@@ -127,7 +128,13 @@ def parse_run_id(run: str) -> dict[str, str | None]:
     parts = run.split("__")
     model = parts[0]
     expected = 3 if model == "vlif" else 2 if model in FEATURE_MODELS else 1
-    if model not in FEATURE_MODELS | {"popularity", "bpr", "lightgcn"} or len(parts) != expected:
+    known = (
+        model in FEATURE_MODELS | {"popularity", "bpr", "lightgcn"}
+        and len(parts) == expected
+        and (len(parts) < 2 or parts[1] in ("original", *VARIANT_PROMPT))
+        and (len(parts) < 3 or parts[2] in RUN_FUSIONS)
+    )
+    if not known:
         raise ConfigError(f"run '{run}': not a run name this pipeline produces")
     return {
         "model": model,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import math
 import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from vlif_pipeline.config import TINY_VLM, parse_run_id
+from vlif_pipeline.config import TINY_VLM, ConfigError, parse_run_id
 from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging, write_json
 
 HEADLINE_K = (10, 20)
@@ -30,20 +31,36 @@ FUSION_NAMES = {"pooling": "Pooling", "concat": "Concat", "weighted_concat": "We
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``; anything else is a ``StageError`` naming the file."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise StageError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise StageError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise StageError(f"{path}: a JSON {type(value).__name__}, not an object")
+    return value
 
 
 def metric(run_metrics: dict[str, Any], split: str, name: str, k: int, path: str | Path = "") -> float:
-    """One figure from a run's metrics.json (`{split: {"recall@20": ...}}`)."""
+    """One figure from a run's metrics.json (`{split: {"recall@20": ...}}`), a finite number."""
+    key = f"{name}@{k}"
     try:
-        return float(run_metrics[split][f"{name}@{k}"])
-    except KeyError:
-        raise StageError(f"{path}: no {split} {name}@{k} in the run's metrics") from None
+        value = run_metrics[split][key]
+    except (KeyError, TypeError):
+        raise StageError(f"{path}: no {split} {key} in the run's metrics") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StageError(f"{path}: {split} {key} is {value!r}, not a finite number")
+    return float(value)
+
+
+def run_parts(path: Path) -> dict[str, str | None]:
+    """Model, variant and fusion of the run whose ``runs/{run}/metrics.json`` is ``path``."""
+    try:
+        return parse_run_id(path.parent.name)
+    except ConfigError as err:
+        raise StageError(f"{path}: {err}") from None
 
 
 def provenance(device: str | None) -> dict[str, Any]:
@@ -129,7 +146,7 @@ def build_table(run_paths: list[Path], dataset: str) -> str:
     rows, values = [], []
     for path in run_paths:
         run = read_json(path)
-        parts = parse_run_id(path.parent.name)
+        parts = run_parts(path)
         label = MODEL_NAMES[parts["model"]]
         if parts["variant"]:
             label += f" ({VARIANT_NAMES[parts['variant']]})"
@@ -147,7 +164,7 @@ def build_ablation(run_paths: list[Path], dataset: str) -> str:
     rows, values = [], []
     for path in run_paths:
         run = read_json(path)
-        parts = parse_run_id(path.parent.name)
+        parts = run_parts(path)
         if parts["model"] != "vlif":
             raise StageError(f"{path}: the ablation compares VLIF runs only, got '{parts['model']}'")
         if parts["fusion"] == "pid":
