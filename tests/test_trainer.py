@@ -220,12 +220,15 @@ def test_bad_inputs_fail_with_clear_messages(
     assert not any((tmp_path / name / "metrics.json").exists() for name in "abcdef")
 
 
-def _corrupt_graph(source: Path, target: Path) -> Path:
-    """A copy of a .npz graph whose first column index points past the matrix (a crash, not an error, before)."""
+def _corrupt_graph(source: Path, target: Path, what: str) -> Path:
+    """A copy of a .npz graph whose first column index points past the matrix (a crash, not an error,
+    before) or whose first weight is negative."""
     with np.load(source) as archive:
-        arrays = dict(archive)
-    arrays["indices"] = arrays["indices"].copy()
-    arrays["indices"][0] = arrays["shape"][1] + 5
+        arrays = {key: value.copy() for key, value in archive.items()}
+    if what == "graph-index":
+        arrays["indices"][0] = arrays["shape"][1] + 5
+    else:
+        arrays["data"][0] = -1.0
     np.savez(target, **arrays)
     return target
 
@@ -243,6 +246,7 @@ def _write_npy_variants(folder: Path) -> dict[str, Path]:
     ("case", "message"),
     [
         ("graph-index", "malformed sparse matrix"),
+        ("graph-weight", "knn.npz: has negative edge weights"),
         ("empty", "empty.npy: cannot read as .npy"),
         ("archive", "archive.npy: an .npz archive, not a .npy array"),
         ("words", "words.npy: dtype <U1 is not a real number type"),
@@ -254,8 +258,8 @@ def test_corrupt_files_fail_with_one_clear_line(
 ) -> None:
     args = dict(inputs)
     out = tmp_path / "run"
-    if case == "graph-index":
-        args["item_knn"] = _corrupt_graph(inputs["item_knn"], tmp_path / "knn.npz")
+    if case.startswith("graph"):
+        args["item_knn"] = _corrupt_graph(inputs["item_knn"], tmp_path / "knn.npz", case)
     elif case == "checkpoint":
         out.mkdir()
         (out / "checkpoint.pt").write_bytes(b"not a checkpoint at all")

@@ -100,7 +100,7 @@ def _features(path: str | os.PathLike[str] | None, n_items: int) -> np.ndarray |
 
 
 def _graph(path: str | os.PathLike[str], shape: tuple[int, int]) -> sp.csr_matrix:
-    """A scipy sparse .npz graph, validated against the expected shape and for finite weights."""
+    """A scipy sparse .npz graph, validated: shape, structure, finite and non-negative weights."""
     try:
         matrix = sp.load_npz(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
@@ -114,6 +114,8 @@ def _graph(path: str | os.PathLike[str], shape: tuple[int, int]) -> sp.csr_matri
         raise StageError(f"{path}: malformed sparse matrix ({err})") from None
     if not np.isfinite(matrix.data).all():
         raise StageError(f"{path}: has non-finite edge weights")
+    if (matrix.data < 0).any():  # every graph the pipeline builds is a non-negative average
+        raise StageError(f"{path}: has negative edge weights")
     return matrix
 
 
