@@ -178,6 +178,14 @@ def test_rerun_reuses_cached_url_fetches(tmp_path: Path, server: str) -> None:
     assert first.drop("http_status").equals(second.drop("http_status"))
 
 
+def test_cached_urls_obey_this_runs_limits(tmp_path: Path, server: str) -> None:
+    """A rerun with tighter limits gives what a fresh cache would: too_large, not the cached ok."""
+    urls = [f"{server}/good.png"]
+    assert run_stage(tmp_path, urls)["status"].to_list() == ["ok"]
+    assert run_stage(tmp_path, urls, "--max-pixels", "100")["status"].to_list() == ["too_large"]
+    assert run_stage(tmp_path, urls, "--max-bytes", "10")["status"].to_list() == ["too_large"]
+
+
 def test_items_must_be_in_order(tmp_path: Path) -> None:
     items = tmp_path / "items.parquet"
     pl.DataFrame({"i": [0, 2], "image_url": ["a.png", "b.png"]}).write_parquet(items)

@@ -219,6 +219,9 @@ def process_item(i: int, url: str | None, base_dir: Path, cache: ImageCache, cfg
         try:
             with Image.open(path) as img:
                 width, height = img.size
+            # this run's limits, as a fresh fetch would apply them: the manifest must not depend on the cache
+            if path.stat().st_size > cfg.max_bytes or width * height > cfg.max_pixels:
+                return ManifestRow(i, url, status="too_large")
             return ManifestRow(i, url, str(path), sha, "ok", None, width, height)
         except OSError:
             path.unlink(missing_ok=True)  # a damaged cache file: fetch again
