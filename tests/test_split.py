@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vlif_pipeline.data.split import TEST, TRAIN, VALID, loo_split, random_split
+from vlif_pipeline.training.synthetic import per_user_split
 
 
 def _users(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -19,12 +20,35 @@ def _users(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray, n
 @pytest.mark.parametrize(
     ("n", "expected"),
     [(1, (1, 0, 0)), (2, (1, 0, 1)), (3, (1, 1, 1)), (9, (7, 1, 1)), (10, (8, 1, 1)), (14, (12, 1, 1)),
-     (15, (11, 2, 2)), (25, (19, 3, 3)), (100, (80, 10, 10))],
+     (15, (12, 1, 2)), (19, (16, 1, 2)), (20, (16, 2, 2)), (25, (20, 2, 3)), (35, (28, 3, 4)), (100, (80, 10, 10))],
 )
 def test_random_split_counts(n: int, expected: tuple[int, int, int]) -> None:
     u, i, t = _users([n])
     labels = random_split(u, i, t, seed=1)
     assert tuple(int((labels == s).sum()) for s in (TRAIN, VALID, TEST)) == expected
+
+
+def test_random_split_counts_follow_mmrec_for_every_length() -> None:
+    """MMRec's rule: int(0.2 n) held out from n = 10 on, half of it (rounded down) valid, the rest test."""
+    lengths = list(range(1, 301))
+    u, i, t = _users(lengths)
+    labels = random_split(u, i, t, seed=3)
+    for user, n in enumerate(lengths):
+        counts = np.bincount(labels[u == user], minlength=3)
+        held = int(n * 0.2) if n >= 10 else min(n - 1, 2)
+        valid = held // 2 if n >= 10 else int(n >= 3)
+        assert counts.tolist() == [n - held, valid, held - valid], n
+
+
+def test_synthetic_split_counts_equal_the_pipelines() -> None:
+    """training/synthetic.py repeats the rule without polars; the counts per user must agree."""
+    lengths = list(range(5, 120))
+    u, i, t = _users(lengths)
+    ours = per_user_split(u, np.random.default_rng(0))
+    theirs = random_split(u, i, t, seed=0)
+    for user in range(len(lengths)):
+        mine = u == user
+        assert np.bincount(ours[mine], minlength=3).tolist() == np.bincount(theirs[mine], minlength=3).tolist()
 
 
 def test_custom_ratios() -> None:

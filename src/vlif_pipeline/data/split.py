@@ -2,10 +2,12 @@
 
 Random split (REFERENCE section 2, MMRec's "random split", seeded): each user's interactions are
 shuffled; a user with fewer than 10 interactions gets 1 valid, 1 test and the rest train; otherwise
-``floor(n * r_valid + 0.5)`` valid and ``floor(n * r_test + 0.5)`` test (round half up; r = 0.1
-each: 20% held out, half and half; a 1e-9 guard keeps 35 * 0.1 = 3.5 from rounding down) and the
-rest train. Users with 2 interactions get 1 train + 1 test and users with
-1 interaction only train, so every user keeps at least one training interaction.
+``floor(n * (r_valid + r_test))`` are held out, ``floor(held * r_valid / (r_valid + r_test))`` of them
+valid and the rest test, the rest train. With r = 0.1 each this is MMRec's own rule (its
+``1splitting`` notebook: ``int(n * 0.2)`` held out, ``// 2`` valid, the odd one test): 20% held out,
+n = 15 gives 12 + 1 + 2. A 1e-9 guard keeps a product that is an integer in exact arithmetic from
+flooring one below. Users with 2 interactions get 1 train + 1 test and users with 1 interaction only
+train, so every user keeps at least one training interaction.
 
 The shuffle is vectorised yet defined per user: interactions are put in a canonical order
 (u, timestamp, i), one uniform key per interaction is drawn from ``numpy.random.default_rng(seed)``
@@ -40,8 +42,11 @@ def _group_starts(u_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _random_counts(length: np.ndarray, r_valid: float, r_test: float) -> tuple[np.ndarray, np.ndarray]:
     """(n_valid, n_test) for each user length, per the module rule."""
     large = length >= SMALL_USER
-    n_valid = np.where(large, np.floor(length * r_valid + 0.5 + 1e-9).astype(np.int64), (length >= 3).astype(np.int64))
-    n_test = np.where(large, np.floor(length * r_test + 0.5 + 1e-9).astype(np.int64), (length >= 2).astype(np.int64))
+    held = np.floor(length * (r_valid + r_test) + 1e-9).astype(np.int64)
+    share = r_valid / (r_valid + r_test) if r_valid + r_test > 0 else 0.0
+    valid_large = np.floor(held * share + 1e-9).astype(np.int64)
+    n_valid = np.where(large, valid_large, (length >= 3).astype(np.int64))
+    n_test = np.where(large, held - valid_large, (length >= 2).astype(np.int64))
     return n_valid, n_test
 
 

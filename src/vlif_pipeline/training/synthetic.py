@@ -64,17 +64,18 @@ def _degrees(rng: np.random.Generator, n_users: int, n_interactions: int, n_item
 def per_user_split(users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Split codes (N,) for ``users`` sorted by user: per user, shuffled, about 8:1:1 (REFERENCE section 2).
 
-    Users with fewer than 10 interactions hold out 1 valid and 1 test; others 10% each (rounded).
+    Users with fewer than 10 interactions hold out 1 valid and 1 test; others floor(0.2 n), half
+    valid and the odd one test: the pipeline's (and MMRec's) rule, ``data/split.py``, which needs polars.
     """
     order = np.lexsort((rng.random(users.size), users))
     starts = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1]])
     lengths = np.diff(np.r_[starts, users.size])
     rank = np.arange(users.size) - np.repeat(starts, lengths)
     length = np.repeat(lengths, lengths)
-    held = np.where(length < 10, 1, np.floor(length * 0.1 + 0.5).astype(np.int64))
+    held = np.where(length < 10, 2, np.floor(length * 0.2 + 1e-9).astype(np.int64))
     codes = np.full(users.size, TRAIN, dtype=np.int64)
-    codes[rank < 2 * held] = TEST
-    codes[rank < held] = VALID
+    codes[rank < held] = TEST
+    codes[rank < held // 2] = VALID
     split = np.empty_like(codes)
     split[order] = codes
     return split
