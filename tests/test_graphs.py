@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import polars as pl
 import pytest
 import scipy.sparse as sp
@@ -112,6 +114,26 @@ def test_graph_clis_reject_bad_interactions(tmp_path: Path, u: list[int], i: lis
         assert module.main(argv) == 1
         assert message in log.read_text()
     assert not (tmp_path / "g.npz").exists()
+
+
+def test_missing_column_is_one_line(tmp_path: Path) -> None:
+    kcore = write_kcore(tmp_path / "kcore", np.array([0]), np.array([0]), np.array([0]), 1, 1)
+    path = kcore / "interactions.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["split"]), path)
+    log = tmp_path / "log"
+    assert user_item.main(["--kcore-dir", str(kcore), "--out", str(tmp_path / "g.npz"), "--log", str(log)]) == 1
+    assert "interactions.parquet: missing column(s) split (has u, i" in log.read_text()
+    assert len(log.read_text().strip().splitlines()) == 1
+
+
+def test_fractional_ids_are_refused_not_truncated(tmp_path: Path) -> None:
+    kcore = write_kcore(tmp_path / "kcore", np.array([0, 1]), np.array([0, 1]), np.array([0, 0]), 2, 2)
+    table = pq.read_table(kcore / "interactions.parquet")
+    table = table.set_column(table.schema.get_field_index("u"), "u", pa.array([0.0, 0.5]))
+    pq.write_table(table, kcore / "interactions.parquet")
+    log = tmp_path / "log"
+    assert user_item.main(["--kcore-dir", str(kcore), "--out", str(tmp_path / "g.npz"), "--log", str(log)]) == 1
+    assert "column 'u' has type double, not an integer type" in log.read_text()
 
 
 def test_missing_stats_is_a_clear_error(tmp_path: Path) -> None:

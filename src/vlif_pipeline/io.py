@@ -54,6 +54,37 @@ def require_columns(path: str | os.PathLike[str], columns: list[str], required: 
         raise StageError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(columns)})")
 
 
+def read_parquet_columns(path: str | os.PathLike[str], columns: tuple[str, ...]) -> Any:
+    """The ``columns`` of a parquet file as a pyarrow table; a missing file or column, or a file that
+    is not parquet, is one ``StageError`` line (pyarrow's own messages print the whole schema)."""
+    import pyarrow.parquet as pq  # lazy: polars-free stages on the GPU machine import this module too
+
+    if not Path(path).is_file():
+        raise StageError(f"{path}: file not found")
+    try:
+        present = pq.read_schema(path).names
+    except (OSError, ValueError) as err:
+        raise StageError(f"{path}: not a readable parquet file ({type(err).__name__})") from None
+    require_columns(path, present, columns)
+    try:
+        return pq.read_table(path, columns=list(columns))
+    except (OSError, ValueError) as err:
+        raise StageError(f"{path}: cannot read columns {', '.join(columns)} ({type(err).__name__})") from None
+
+
+def require_integer_column(path: str | os.PathLike[str], table: Any, name: str) -> np.ndarray:
+    """Column ``name`` of a pyarrow table as int64, refusing nulls and non-integer types (no silent casts)."""
+    import pyarrow as pa
+
+    column = table.column(name)
+    if not pa.types.is_integer(column.type):
+        raise StageError(f"{path}: column {name!r} has type {column.type}, not an integer type")
+    if column.null_count:
+        row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise StageError(f"{path}: row {row}: column {name!r} is null")
+    return column.to_numpy().astype(np.int64, copy=False)
+
+
 def require_row_ids(path: str | os.PathLike[str], ids: list[int]) -> None:
     """Fail naming the first bad row unless column ``i`` is 0..n-1 in order (row k is item k)."""
     if ids != list(range(len(ids))):

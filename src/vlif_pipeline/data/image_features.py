@@ -17,9 +17,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from vlif_pipeline.io import StageError, run_stage, save_npy, setup_logging, write_json
+from vlif_pipeline.io import (
+    StageError,
+    read_parquet_columns,
+    require_integer_column,
+    run_stage,
+    save_npy,
+    setup_logging,
+    write_json,
+)
 
 ASIN_BYTES = 10
 FEATURE_DIM = 4096
@@ -42,11 +49,8 @@ class StreamReport:
 
 def read_item_ids(items_path: Path) -> list[str]:
     """Item ids (asins) in item order ``i = 0..I-1`` from a k-core ``items.parquet``."""
-    try:
-        table = pq.read_table(items_path, columns=["i", "item_id"])
-    except (OSError, ValueError, KeyError) as err:
-        raise StageError(f"{items_path}: cannot read columns i, item_id: {err}") from err
-    idx = table.column("i").to_numpy(zero_copy_only=False)
+    table = read_parquet_columns(items_path, ("i", "item_id"))
+    idx = require_integer_column(items_path, table, "i")
     ids = table.column("item_id").to_pylist()
     if len(ids) == 0:
         raise StageError(f"{items_path}: no items")

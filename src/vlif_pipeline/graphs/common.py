@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from vlif_pipeline.io import StageError, atomic_path
+from vlif_pipeline.io import StageError, atomic_path, read_parquet_columns, require_integer_column
 
 TRAIN_SPLIT = 0
 _SPLITS = (0, 1, 2)
@@ -44,25 +44,11 @@ def read_interactions(kcore_dir: str | os.PathLike[str]) -> tuple[int, int, np.n
     Ids are checked against ``stats.json`` and split codes against 0/1/2; the one reader of
     interactions for the graph stages and the trainer (pyarrow only: no polars on GPU machines).
     """
-    import pyarrow.parquet as pq  # lazy: keeps this module light for the kNN benchmark's environment
-
     kcore_dir = Path(kcore_dir)
     n_users, n_items = read_stats(kcore_dir)
     path = kcore_dir / "interactions.parquet"
-    if not path.exists():
-        raise StageError(f"{path}: file not found")
-    try:
-        table = pq.read_table(path, columns=["u", "i", "split"])
-    except (KeyError, ValueError, OSError) as err:
-        raise StageError(f"{path}: cannot read columns u, i, split ({err})") from err
-    columns = {}
-    for name in ("u", "i", "split"):
-        column = table.column(name)
-        if column.null_count:
-            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
-            raise StageError(f"{path}: row {row}: column {name!r} is null")
-        columns[name] = column.to_numpy().astype(np.int64, copy=False)
-    u, i, split = columns["u"], columns["i"], columns["split"]
+    table = read_parquet_columns(path, ("u", "i", "split"))
+    u, i, split = (require_integer_column(path, table, name) for name in ("u", "i", "split"))
     for name, ids, bound in (("u", u, n_users), ("i", i, n_items)):
         bad = np.flatnonzero((ids < 0) | (ids >= bound))
         if bad.size:
