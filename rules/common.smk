@@ -160,13 +160,18 @@ def mmrec_dir(ds):
     return C(ds)["dataset"]["path"]
 
 
+def mmrec_name(ds):
+    """The configured `<name>.inter` of an MMRec folder, or None for its only `*.inter` file."""
+    return C(ds)["dataset"].get("name")
+
+
 def mmrec_files(ds):
     """The files of an MMRec folder that kcore reads: the .inter file(s) and the id mappings present.
 
     Declared one by one: a folder input reruns nothing when a file in it is rewritten.
     """
     folder = Path(mmrec_dir(ds))
-    name = C(ds)["dataset"].get("name")
+    name = mmrec_name(ds)
     files = [folder / f"{name}.inter"] if name else sorted(folder.glob("*.inter"))
     files += [path for path in (folder / "u_id_mapping.csv", folder / "i_id_mapping.csv") if path.is_file()]
     return [str(path) for path in files]
@@ -181,7 +186,7 @@ def kcore_inputs(w):
 
 def kcore_args(w, input):
     if is_mmrec(w.ds):
-        name = C(w.ds)["dataset"].get("name")
+        name = mmrec_name(w.ds)
         named = f" --mmrec-name {shlex.quote(name)}" if name else ""
         return f"--format mmrec --mmrec-dir {shlex.quote(input.mmrec)}{named}"
     cfg = C(w.ds)

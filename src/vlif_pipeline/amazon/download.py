@@ -5,9 +5,9 @@ length) to ``<out>.part.json``; a retry after a dropped connection, or a rerun a
 for the rest with an HTTP ``Range`` header and ``If-Range``, and starts over if the server ignores
 the range, sends a changed file, or answers from another offset. Only a complete file that passes
 the checks is renamed to ``<out>``, next to ``<out>.sha256`` (``sha256sum`` format); a file refused
-for its content (an error page under a .gz name, over the size cap) is deleted, partial and all. A source without
-a scheme or with ``file://`` is copied from the local path the same way, so a dataset may name a
-URL or a path.
+for its content (an error page under a .gz name, over the size cap) is deleted, partial and all.
+A source without a scheme or with ``file://`` is copied from the local path the same way, so a
+dataset may name a URL or a path.
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-        if validator.get("etag") or validator.get("last_modified"):
-            headers["If-Range"] = validator.get("etag") or validator["last_modified"]
+        if tag := validator.get("etag") or validator.get("last_modified"):
+            headers["If-Range"] = tag
     request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - the configured URL
@@ -187,12 +187,11 @@ def download(
     part = out.with_name(out.name + ".part")
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _download_part(url, part, sha256, retries, timeout, backoff, max_bytes, log)
+        digest = _download_part(url, part, sha256, retries, timeout, backoff, max_bytes, log)
         _check_content(out, part)
     except _Refused:
         _discard_partial(part)
         raise
-    digest = sha256_of(part)
     os.replace(part, out)
     _validator_path(part).unlink(missing_ok=True)
     with atomic_path(out.with_name(out.name + ".sha256")) as tmp:
@@ -204,8 +203,10 @@ def download(
 def _download_part(
     url: str, part: Path, sha256: str | None, retries: int, timeout: float, backoff: float, max_bytes: int,
     log: logging.Logger,
-) -> None:
-    """Fill ``part`` with the whole source, retrying transient failures; ``StageError`` when hopeless."""
+) -> str:
+    """Fill ``part`` with the whole source, retrying transient failures; returns its hex sha256.
+
+    ``StageError`` when hopeless."""
     try:
         parsed = urllib.parse.urlparse(url)
     except ValueError as err:
@@ -219,12 +220,11 @@ def _download_part(
                 _copy_local(Path(urllib.parse.unquote(parsed.path) if parsed.scheme else url), part, max_bytes)
             else:
                 raise StageError(f"{url}: unsupported scheme {parsed.scheme!r} (http, https, file or a path)")
-            if sha256:
-                digest = sha256_of(part)
-                if digest != sha256.lower():
-                    _discard_partial(part)
-                    raise _Retry(f"sha256 mismatch: got {digest}, expected {sha256.lower()}")
-            return
+            digest = sha256_of(part)
+            if sha256 and digest != sha256.lower():
+                _discard_partial(part)
+                raise _Retry(f"sha256 mismatch: got {digest}, expected {sha256.lower()}")
+            return digest
         except _Retry as err:
             attempt += 1
             if attempt > retries:

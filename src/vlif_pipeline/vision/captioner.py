@@ -196,11 +196,7 @@ class Captioner:
         self, model: str, device: str, engine: str, max_new_tokens: int, threads: int, logger: logging.Logger
     ) -> None:
         import torch
-        from transformers import (
-            AutoModelForImageTextToText,
-            AutoTokenizer,
-            GenerationConfig,
-        )
+        from transformers import AutoModelForImageTextToText, AutoTokenizer, GenerationConfig
 
         from vlif_pipeline.vision.qwen_inputs import load_image_processor
 
