@@ -42,13 +42,13 @@ def C(ds):
 def code(*modules):
     """Source files of a stage, as inputs: editing them reruns the stage and its dependants.
 
-    Each entry is a module path (`amazon/ingest.py`) or a subpackage (`graphs`); `io.py` and
-    `__main__.py` are shared by every stage.
+    Each entry is a module path (`amazon/ingest.py`) or a folder (`graphs`: its Python and C
+    files); `io.py` and `__main__.py` are shared by every stage.
     """
     files = [PKG / "io.py", PKG / "__main__.py"]
     for module in modules:
         target = PKG / module
-        files += sorted(target.glob("*.py")) if target.is_dir() else [target]
+        files += sorted(f for f in target.iterdir() if f.suffix in (".py", ".c", ".h")) if target.is_dir() else [target]
     return [str(f) for f in files]
 
 

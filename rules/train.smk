@@ -10,7 +10,7 @@ rule train:
         history="results/{ds}/runs/{run}/history.json",
     input:
         unpack(train_inputs),
-        code=code("training", "models", "graphs/common.py", "cuda_streams.py"),
+        code=code("training", "models", "models/kernels", "graphs/common.py", "cuda_streams.py"),
     params:
         model=lambda w: parse_run_id(w.run)["model"],
         json=train_params,

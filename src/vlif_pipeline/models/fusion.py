@@ -8,12 +8,16 @@ the number of nodes, d for the embedding width and T = L + 1 for the per-layer t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vlif_pipeline.models.base import normalize_rows, row_norm
+
+if TYPE_CHECKING:
+    from vlif_pipeline.models.native import CrossBlockKernel, RedundancyKernel
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -85,9 +89,15 @@ class CrossModalBlock(_PreNormBlock):
     """One cross-modal transformer block: a node's query attends over the node's tokens of the other modality.
 
     query (n, d) is both the attention query and the residual stream; tokens (n, T, d); returns (n, d).
+    ``kernel``, when set (by VLIF's ``native``), computes the same block on float32 CPU tensors in
+    one fused pass forward and one backward (models/native.py).
     """
 
+    kernel: CrossBlockKernel | None = None
+
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if self.kernel is not None and query.device.type == "cpu" and query.dtype == torch.float32:
+            return self.kernel(self, query, tokens)
         q = self.query(self.norm_attn(query))
         keys, values = self.keys_values(self.norm_attn(tokens))
         return self.finish(query, attend(q, keys, values, self.n_heads))
@@ -133,8 +143,12 @@ class RedundancyEncoder(_PreNormBlock):
     each is projected once, and each variant's attention weights CLS's, a vision and a text value
     without materialising (3, n, 3, d) sequences. As g is linear, r = g(mean of the F outputs):
     callers that need the three views only for a few rows (the contrastive loss's) project
-    :meth:`encode`'s output there and its mean everywhere, a third of g's work.
+    :meth:`encode`'s output there and its mean everywhere, a third of g's work. ``kernel``, when set
+    (by VLIF's ``native``), computes the per-node part on float32 CPU tensors in one fused pass
+    forward and one backward (models/native.py).
     """
+
+    kernel: RedundancyKernel | None = None
 
     def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float) -> None:
         super().__init__(dim, n_heads, ffn_dim, layer_scale)
@@ -154,15 +168,18 @@ class RedundancyEncoder(_PreNormBlock):
         n, dim = v.shape
         heads = (self.n_heads, dim // self.n_heads)
         query = self.query(self.norm_attn(self.cls)).view(heads)  # (H, c)
-        real = self.norm_attn(torch.stack([v, t], dim=1) + self.modality)  # (n, 2, d): vision, text
         fixed = self.norm_attn(torch.cat([self.cls, self.masks + self.modality]))  # (3, d): CLS, MASK_v, MASK_t
-        real_keys, real_values = (x.unflatten(-1, heads) for x in self.keys_values(real))  # (n, 2, H, c)
         fixed_keys, fixed_values = self.key_value(fixed).unflatten(-1, (2, *heads)).unbind(-3)  # (3, H, c)
         scale = heads[1] ** -0.5
+        fixed_scores = (fixed_keys * query).sum(-1) * scale  # (3, H)
+        real = torch.stack([v, t], dim=1) + self.modality  # (n, 2, d): vision, text
+        if self.kernel is not None and v.device.type == "cpu" and v.dtype == torch.float32:
+            return self.kernel(self, real, query.flatten(), fixed_scores, fixed_values.flatten(1))
+        real_keys, real_values = (x.unflatten(-1, heads) for x in self.keys_values(self.norm_attn(real)))
         # unbind, not indexing: one stack in the backward instead of a zero-filled (n, 2, H, c) per use
         real_scores = ((real_keys * query).sum(-1) * scale).unbind(1)  # 2 x (n, H): vision, text
         real_values = real_values.unbind(1)  # 2 x (n, H, c)
-        fixed_scores = ((fixed_keys * query).sum(-1) * scale).unsqueeze(1).expand(3, n, heads[0])  # (3, n, H)
+        fixed_scores = fixed_scores.unsqueeze(1).expand(3, n, heads[0])  # (3, n, H)
         attended = []
         for vision_real, text_real in ((True, True), (True, False), (False, True)):
             scores = torch.stack(

@@ -149,6 +149,8 @@ class Trainer:
             self.model: Recommender = build_model(model_name, data, model_params)
         except ValueError as err:
             raise StageError(f"model {model_name!r}: {err}") from err
+        for level, note in self.model.notes:
+            logger.log(level, "%s: %s", model_name, note)
         self.hparams = dict(self.model.hparams)
         self.fingerprint = _fingerprint(model_name, self.settings, self.hparams, data)
         batch = self.settings["eval_batch_size"]

@@ -1,0 +1,231 @@
+"""Fused CPU kernels for the fusion's transformer blocks, compiled on first use with the system's C compiler.
+
+Why: on a CPU, a block is ~25 small PyTorch ops per direction, each a pass over (n, T, d) tensors
+in memory; the kernels in ``kernels/*.c`` run each tile of nodes through the whole block in cache
+(docs/model.md, Speed). They are built for this machine (``-march=native``) with the block's shapes
+as constants, and cached under ``$XDG_CACHE_HOME/vlif_pipeline/kernels`` (``~/.cache`` by default)
+keyed by the source, the flags, the compiler and the CPU, so a cluster's shared home directory
+never hands one node's binary to a different CPU. No compiler, or a failed build, raises
+:class:`NativeUnavailable`; callers decide whether that is an error (see VLIF's ``native``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder
+
+KERNEL_DIR = Path(__file__).with_name("kernels")
+# -ffast-math lets the compiler vectorise reductions, expf and erff (glibc's vector maths); NaN and
+# infinity keep their meaning, so a diverging run still shows a NaN loss. Linking happens in a
+# separate step without it: a shared object linked with -ffast-math would set flush-to-zero for
+# the whole process when loaded (crtfastmath.o, GCC 12).
+COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC")
+LINK_FLAGS = ("-shared", "-fopenmp")
+
+
+class NativeUnavailable(RuntimeError):
+    """The fused kernels cannot be built or loaded here; the message says why."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vlif_pipeline" / "kernels"
+
+
+def _cpu_identity() -> str:
+    """The CPU's model and feature flags (what -march=native compiles for)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags")]
+    return "\n".join(dict.fromkeys(wanted)) or platform.machine()
+
+
+def _run(command: list[str], what: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise NativeUnavailable(f"{what} failed ({' '.join(command)}):\n{done.stderr.strip()[-2000:]}")
+
+
+@functools.cache
+def load(name: str, defines: tuple[tuple[str, int], ...]) -> tuple[Path, ctypes.CDLL]:
+    """The kernel library ``kernels/<name>.c`` built with ``-D<key>=<value>`` for each of ``defines``.
+
+    Returns the library's path and its handle.
+    """
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise NativeUnavailable(f"no C compiler {compiler!r} on PATH (set CC to another one)")
+    source = KERNEL_DIR / f"{name}.c"
+    flags = [*COMPILE_FLAGS, *(f"-D{key}={value}" for key, value in defines)]
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    sources = [path.read_text() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".c", ".h")]
+    key = hashlib.sha256("\0".join([*sources, *flags, *LINK_FLAGS, version, _cpu_identity()]).encode())
+    target = cache_dir() / f"{name}-{key.hexdigest()[:20]}.so"
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"
+                _run([compiler, *flags, "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
+                _run([compiler, *LINK_FLAGS, str(obj), "-o", str(lib), "-lm"], f"linking {source.name}")
+                os.replace(lib, target)  # atomic: concurrent builds of the same key write the same file
+        except OSError as err:
+            raise NativeUnavailable(f"cannot build into {target.parent}: {err}") from err
+    try:
+        return target, ctypes.CDLL(str(target))
+    except OSError as err:
+        raise NativeUnavailable(f"cannot load {target}: {err}") from err
+
+
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
+    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+class _Kernel:
+    """One built kernel ``kernels/<name>.c``: ``<name>_forward``, ``<name>_backward``, ``<name>_grad_size``.
+
+    The C side takes its inputs and its parameters as arrays of pointers (parameters in the order of
+    the file's ``enum Param``); ``transposed`` lists the parameters it wants as (in, out), which
+    are also passed again untransposed, in the same order, after the others.
+    """
+
+    def __init__(self, name: str, defines: dict[str, int], transposed: tuple[int, ...]) -> None:
+        self.name = name
+        self.path, self.lib = load(name, tuple(defines.items()))
+        getattr(self.lib, f"{name}_grad_size").restype = ctypes.c_long
+        self.grad_size = int(getattr(self.lib, f"{name}_grad_size")())
+        self.transposed = transposed
+
+    def apply(self, inputs: list[torch.Tensor], params: list[torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
+        """The kernel's output for ``inputs`` (each with the node count n first) and ``params``.
+
+        Differentiable with respect to all of them.
+        """
+        return _Fused.apply(self, len(inputs), out_shape, *inputs, *params)
+
+
+class _Fused(torch.autograd.Function):
+    """Autograd wrapper around a :class:`_Kernel`: its C forward, and its C backward for all inputs."""
+
+    @staticmethod
+    def forward(ctx, kernel: _Kernel, n_inputs: int, out_shape: tuple[int, ...], *tensors: torch.Tensor):  # type: ignore[override]
+        inputs = [t.contiguous() for t in tensors[:n_inputs]]
+        params = tensors[n_inputs:]
+        ordered = [p.T.contiguous() if k in kernel.transposed else p.contiguous() for k, p in enumerate(params)]
+        ordered += [params[k].contiguous() for k in kernel.transposed]
+        out = inputs[0].new_empty(out_shape)
+        getattr(kernel.lib, f"{kernel.name}_forward")(
+            ctypes.c_long(inputs[0].shape[0]),
+            torch.get_num_threads(),
+            _pointers(inputs),
+            _pointers(ordered),
+            ctypes.c_void_p(out.data_ptr()),
+        )
+        ctx.kernel, ctx.n_inputs, ctx.n_params = kernel, n_inputs, len(params)
+        ctx.save_for_backward(*inputs, *ordered)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        kernel: _Kernel = ctx.kernel
+        saved = ctx.saved_tensors
+        inputs, ordered = list(saved[: ctx.n_inputs]), list(saved[ctx.n_inputs :])
+        grad_inputs = [torch.empty_like(t) for t in inputs]
+        threads = torch.get_num_threads()
+        grads = inputs[0].new_zeros(threads, kernel.grad_size)
+        getattr(kernel.lib, f"{kernel.name}_backward")(
+            ctypes.c_long(inputs[0].shape[0]),
+            threads,
+            _pointers(inputs),
+            _pointers(ordered),
+            ctypes.c_void_p(grad_out.contiguous().data_ptr()),
+            _pointers(grad_inputs),
+            ctypes.c_void_p(grads.data_ptr()),
+        )
+        flat = grads.sum(0)  # the threads' partial sums, in a fixed order
+        grad_params = []
+        for k, p in enumerate(ordered[: ctx.n_params]):
+            g, flat = flat[: p.numel()].view(p.shape), flat[p.numel() :]
+            grad_params.append(g.T if k in kernel.transposed else g)
+        return None, None, None, *grad_inputs, *grad_params
+
+
+def _check_shape(dim: int, n_heads: int, ffn_dim: int) -> None:
+    if dim % 64 or ffn_dim % 64 or dim % n_heads:
+        raise NativeUnavailable(
+            f"the fused kernels need embedding_dim and ffn_dim multiples of 64 (got {dim}, {ffn_dim})"
+        )
+
+
+def _block_params(block: CrossModalBlock | RedundancyEncoder) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A block's key/value weights and biases, and its finish (output layer and feed-forward, LayerScale
+    gains folded in), in the kernels' order."""
+    d = block.out.weight.shape[0]
+    weight, bias = block.key_value.weight, block.key_value.bias
+    inner, _, outer = block.ffn
+    key_value = [weight[:d], bias[:d], weight[d:], bias[d:]]
+    finish = [
+        block.out.weight * block.gain_attn[:, None],
+        block.out.bias * block.gain_attn,
+        block.norm_ffn.weight,
+        block.norm_ffn.bias,
+        inner.weight,
+        inner.bias,
+        outer.weight * block.gain_ffn[:, None],
+        outer.bias * block.gain_ffn,
+    ]
+    return key_value, finish
+
+
+class CrossBlockKernel(_Kernel):
+    """``kernels/cross_block.c``: :class:`CrossModalBlock` for d, T tokens, heads, feed-forward width."""
+
+    def __init__(self, dim: int, n_tokens: int, n_heads: int, ffn_dim: int) -> None:
+        _check_shape(dim, n_heads, ffn_dim)
+        super().__init__("cross_block", {"D": dim, "T": n_tokens, "H": n_heads, "F": ffn_dim}, (2, 4, 6, 8, 12, 14))
+
+    def __call__(self, block: CrossModalBlock, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The block's output (n, d) for query (n, d) and tokens (n, T, d)."""
+        key_value, finish = _block_params(block)
+        norm, project = block.norm_attn, block.query
+        params = [norm.weight, norm.bias, project.weight, project.bias, *key_value, *finish]
+        return self.apply([query, tokens], params, tuple(query.shape))
+
+
+class RedundancyKernel(_Kernel):
+    """``kernels/redundancy.c``: :meth:`RedundancyEncoder.encode` after its node-independent part."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int) -> None:
+        _check_shape(dim, n_heads, ffn_dim)
+        super().__init__("redundancy", {"D": dim, "H": n_heads, "F": ffn_dim}, (2, 4, 9, 13, 15))
+
+    def __call__(
+        self,
+        encoder: RedundancyEncoder,
+        real: torch.Tensor,
+        query: torch.Tensor,
+        fixed_scores: torch.Tensor,
+        fixed_values: torch.Tensor,
+    ) -> torch.Tensor:
+        """F's CLS outputs (3, n, d) from the real tokens (n, 2, d) with modality embeddings added, CLS's
+        query (d,), and the scaled scores (3, H) and values (3, d) of CLS, MASK_v and MASK_t."""
+        key_value, (out_weight, out_bias, *ffn) = _block_params(encoder)
+        norm = encoder.norm_attn
+        params = [norm.weight, norm.bias, *key_value, query, fixed_scores, fixed_values, out_weight]
+        params += [out_bias + encoder.cls[0], *ffn]  # CLS is the residual stream of every node
+        return self.apply([real], params, (3, real.shape[0], real.shape[2]))
