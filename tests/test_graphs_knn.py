@@ -66,7 +66,12 @@ def test_many_tiles_with_pruning_match_brute_force(k: int) -> None:
     """Many column tiles, so later tiles are skipped or cut to a few rows (small k prunes the most)."""
     features = np.concatenate([np.random.default_rng(8).standard_normal((1500, 16)).astype(np.float32),
                                lattice_features(300, seed=8)])
-    np.testing.assert_array_equal(run_lists(features, k, "exclude", 32), brute_force(features, k, "exclude"))
+    got, expected = run_lists(features, k, "exclude", 32), brute_force(features, k, "exclude")
+    # the random rows have near-ties (cosines ~1e-7 apart) that float32 products order by rounding,
+    # which differs between CPUs' product kernels: there the neighbours must be equally similar
+    x = features.astype(np.float64) / np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True).clip(1e-300)
+    np.testing.assert_allclose(np.einsum("rd,rkd->rk", x, x[got]), np.einsum("rd,rkd->rk", x, x[expected]), atol=1e-6)
+    assert (got != expected).mean() < 1e-3 and not (got != expected)[1500:].any(), "only near-ties may differ"
 
 
 def test_ties_really_happen_in_the_lattice_data() -> None:

@@ -1,24 +1,40 @@
-"""The fused CPU kernels (models/native.py, models/kernels/*.c) against the PyTorch modules they replace."""
+"""The C kernels (models/native.py, models/kernels/*.c) against the PyTorch operations they replace."""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from test_vlif import batch, tiny_data
+from vlif_pipeline.io import StageError
 from vlif_pipeline.models import native
 from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder
-from vlif_pipeline.models.native import CrossBlockKernel, NativeUnavailable, RedundancyKernel
+from vlif_pipeline.models.native import CrossBlockKernel, NativeUnavailable, RedundancyKernel, SpmmKernel
+from vlif_pipeline.models.propagation import to_torch_sparse
 from vlif_pipeline.models.vlif import VLIF
+from vlif_pipeline.training.trainer import split_params
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the kernels")
 
 DIM, HEADS, FFN = 64, 4, 64
+
+
+@pytest.fixture(autouse=True)
+def fresh_mode() -> Iterator[None]:
+    """Each test starts and ends with the default mode, an empty build cache and no pending notes."""
+    native.load.cache_clear()
+    native.configure("auto")
+    native.take_notes()
+    yield
+    native.load.cache_clear()
+    native.configure("auto")
 
 
 def randomise(module: torch.nn.Module) -> None:
@@ -93,12 +109,14 @@ def test_kernels_are_deterministic_and_keep_nan() -> None:
 
 
 def vlif_pair(**params: object) -> tuple[VLIF, VLIF]:
+    """The same VLIF (same initial weights) built with the kernels required and with them off."""
     data = tiny_data()
     shape = {"embedding_dim": DIM, "n_heads": HEADS, "ffn_dim": FFN, "mlp_hidden": 32, "layer_scale": 0.5}
     models = []
-    for setting in (True, False):
+    for mode in (True, False):
+        native.configure(mode)
         torch.manual_seed(0)
-        models.append(VLIF(data, {**shape, **params, "native": setting}))
+        models.append(VLIF(data, {**shape, **params}))
     return models[0], models[1]
 
 
@@ -107,43 +125,65 @@ def test_vlif_with_kernels_equals_vlif_without(restrict: bool) -> None:
     fused, plain = vlif_pair(restrict=restrict)
     assert fused.redundancy.kernel is not None and plain.redundancy.kernel is None
     users, pos, neg = batch(size=16)
-    out_f, out_p = fused.loss(users, pos, neg), plain.loss(users, pos, neg)
+    native.configure(True)
+    out_f = fused.loss(users, pos, neg)
+    out_f["loss"].backward()
+    native.configure(False)  # PyTorch's sparse products too
+    out_p = plain.loss(users, pos, neg)
+    out_p["loss"].backward()
     for key in out_p:
         torch.testing.assert_close(out_f[key], out_p[key])
-    out_f["loss"].backward()
-    out_p["loss"].backward()
     for (name, p_f), p_p in zip(fused.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p_f.grad, p_p.grad, rtol=1e-4, atol=1e-6, msg=name)
     with torch.no_grad():
-        torch.testing.assert_close(fused.score_users(users), plain.score_users(users))
+        native.configure(True)
+        scores = fused.score_users(users)
+        native.configure(False)
+        torch.testing.assert_close(scores, plain.score_users(users))
+
+
+@pytest.mark.parametrize("width", [64, 192, 40, 1])
+def test_spmm_kernel_equals_torch(width: int) -> None:
+    """Widths with 64-float blocks, 16-float blocks and a scalar remainder; empty rows; repeated columns."""
+    rng = np.random.default_rng(0)
+    matrix = sp.random(300, 200, density=0.03, random_state=0, dtype=np.float32, format="lil")
+    matrix[5] = 0  # an empty row
+    adj = to_torch_sparse(matrix)
+    assert int(adj.crow_indices()[6] - adj.crow_indices()[5]) == 0
+    x = torch.from_numpy(rng.normal(size=(200, width)).astype(np.float32))
+    torch.testing.assert_close(SpmmKernel()(adj, x), torch.sparse.mm(adj, x))
+    assert native.sparse_mm(adj, x[:, :1].expand(-1, 3)).shape == (300, 3), "strided input"
+
+
+def test_sparse_mm_leaves_autograd_and_other_dtypes_to_torch() -> None:
+    adj = to_torch_sparse(sp.eye(4, dtype=np.float32, format="csr"))
+    x = torch.ones(4, 2, requires_grad=True)
+    native.sparse_mm(adj, x).sum().backward()  # PyTorch's product, which has a backward
+    torch.testing.assert_close(x.grad, torch.ones(4, 2))
+    assert native.sparse_mm(adj.to(torch.float64), x.detach().double()).dtype == torch.float64
 
 
 def test_unavailable_kernels_fail_when_required_and_fall_back_with_a_warning(monkeypatch) -> None:
     monkeypatch.setenv("CC", "no-such-compiler")
-    native.load.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="native is true.*no C compiler 'no-such-compiler'"):
-            vlif_pair()
-        model = VLIF(tiny_data(), {"embedding_dim": DIM, "native": "auto"})
-        assert model.redundancy.kernel is None
-        assert [level for level, _ in model.notes] == [logging.WARNING]
-        assert "using PyTorch ops (slower)" in model.notes[0][1]
-    finally:
-        native.load.cache_clear()
+    with pytest.raises(NativeUnavailable, match="no C compiler 'no-such-compiler'"):
+        vlif_pair()
+    native.configure("auto")
+    model = VLIF(tiny_data(), {"embedding_dim": DIM})
+    assert model.redundancy.kernel is None
+    notes = native.take_notes()
+    assert [level for level, _ in notes] == [logging.WARNING]
+    assert "using PyTorch's ops instead (slower)" in notes[0][1]
+    assert native.spmm_kernel() is None
 
 
 def test_kernels_are_built_once_into_the_cache(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    kernel = RedundancyKernel(DIM, HEADS, FFN)
+    assert kernel.path.parent == tmp_path / "vlif_pipeline" / "kernels"
+    built = kernel.path.stat().st_mtime_ns
     native.load.cache_clear()
-    try:
-        kernel = RedundancyKernel(DIM, HEADS, FFN)
-        assert kernel.path.parent == tmp_path / "vlif_pipeline" / "kernels"
-        built = kernel.path.stat().st_mtime_ns
-        native.load.cache_clear()
-        assert RedundancyKernel(DIM, HEADS, FFN).path.stat().st_mtime_ns == built, "rebuilt"
-        assert [p.name for p in kernel.path.parent.iterdir()] == [kernel.path.name], "leftover build files"
-    finally:
-        native.load.cache_clear()
+    assert RedundancyKernel(DIM, HEADS, FFN).path.stat().st_mtime_ns == built, "rebuilt"
+    assert [p.name for p in kernel.path.parent.iterdir()] == [kernel.path.name], "leftover build files"
 
 
 def test_unsupported_shapes_are_refused() -> None:
@@ -154,21 +194,20 @@ def test_unsupported_shapes_are_refused() -> None:
 def test_a_failed_build_names_the_compiler_error(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(native, "KERNEL_DIR", tmp_path)
     (tmp_path / "broken.c").write_text("this is not C\n")
-    native.load.cache_clear()
-    try:
-        with pytest.raises(NativeUnavailable, match=r"compiling broken\.c failed"):
-            native.load("broken", ())
-    finally:
-        native.load.cache_clear()
+    with pytest.raises(NativeUnavailable, match=r"compiling broken\.c failed"):
+        native.load("broken", ())
 
 
 def test_an_unwritable_cache_is_reported(monkeypatch, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file, so no folder can be made under it
-    native.load.cache_clear()
-    try:
-        with pytest.raises(NativeUnavailable, match="cannot build into"):
-            RedundancyKernel(DIM, HEADS, FFN)
-    finally:
-        native.load.cache_clear()
+    with pytest.raises(NativeUnavailable, match="cannot build into"):
+        RedundancyKernel(DIM, HEADS, FFN)
+
+
+def test_modes_are_validated() -> None:
+    with pytest.raises(ValueError, match="native must be 'auto', true or false"):
+        native.configure("yes")
+    with pytest.raises(StageError, match="parameter 'native' must be 'auto', true or false"):
+        split_params("bpr", {"native": "yes"})

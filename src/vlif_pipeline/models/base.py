@@ -23,8 +23,7 @@ class Recommender(torch.nn.Module, ABC):
     fixed shapes for a fixed batch size, no host synchronisation, no Python-side state. On CUDA the
     trainer then captures whole training steps in a CUDA graph (``training/step.py``).
     ``_cache`` holds what :meth:`prepare_eval` computed; switching to training mode drops it, since
-    captured steps replay no Python code that could invalidate it. ``notes`` are (logging level,
-    message) pairs on choices made at construction that the user should see; the trainer logs them.
+    captured steps replay no Python code that could invalidate it.
     """
 
     DEFAULTS: ClassVar[dict[str, Any]] = {}
@@ -42,7 +41,6 @@ class Recommender(torch.nn.Module, ABC):
         self.n_users = data.n_users
         self.n_items = data.n_items
         self._cache: Any = None
-        self.notes: list[tuple[int, str]] = []
 
     def train(self, mode: bool = True) -> Recommender:
         """Set the training mode; entering training drops the evaluation cache (it goes stale)."""

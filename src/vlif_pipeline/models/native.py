@@ -1,12 +1,16 @@
-"""Fused CPU kernels for the fusion's transformer blocks, compiled on first use with the system's C compiler.
+"""CPU kernels in C (``kernels/*.c``), compiled on first use with the system's C compiler.
 
-Why: on a CPU, a block is ~25 small PyTorch ops per direction, each a pass over (n, T, d) tensors
-in memory; the kernels in ``kernels/*.c`` run each tile of nodes through the whole block in cache
-(docs/model.md, Speed). They are built for this machine (``-march=native``) with the block's shapes
+Why: on a CPU, a transformer block of the fusion is ~25 small PyTorch ops per direction, each a
+pass over (n, T, d) tensors in memory; the block kernels run each tile of nodes through the whole
+block in cache. PyTorch's CSR product is ~3x slower than a plain row loop on these graphs
+(docs/model.md, Speed). Kernels are built for this machine (``-march=native``), the block's shapes
 as constants, and cached under ``$XDG_CACHE_HOME/vlif_pipeline/kernels`` (``~/.cache`` by default)
-keyed by the source, the flags, the compiler and the CPU, so a cluster's shared home directory
-never hands one node's binary to a different CPU. No compiler, or a failed build, raises
-:class:`NativeUnavailable`; callers decide whether that is an error (see VLIF's ``native``).
+keyed by the sources, the flags, the compiler and the CPU, so a cluster's shared home directory
+never hands one node's binary to a different CPU.
+
+One process-wide mode (:func:`configure`, the trainer's ``native`` setting) decides: ``auto`` uses
+a kernel when it builds and otherwise PyTorch's ops, with a warning; ``true`` makes a failed build
+an error; ``false`` never uses them. :func:`take_notes` returns what was chosen, for the log.
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
@@ -36,8 +42,52 @@ COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only",
 LINK_FLAGS = ("-shared", "-fopenmp")
 
 
+MODES = ("auto", True, False)
+K = TypeVar("K")
+_state: dict[str, object] = {"mode": "auto"}
+_notes: dict[str, int] = {}  # message -> logging level, in order, until taken
+_noted: set[str] = set()
+
+
 class NativeUnavailable(RuntimeError):
-    """The fused kernels cannot be built or loaded here; the message says why."""
+    """A kernel cannot be built or loaded here; the message says why."""
+
+
+def configure(mode: str | bool) -> None:
+    """Set the mode for this process: ``auto``, true or false (see the module's docstring)."""
+    if mode not in MODES:
+        raise ValueError(f"native must be 'auto', true or false, got {mode!r}")
+    _state["mode"] = mode
+    spmm_kernel.cache_clear()
+
+
+def build(factory: Callable[[], K]) -> K | None:
+    """``factory()``'s kernel under the current mode: None when off, or unavailable under ``auto``."""
+    mode = _state["mode"]
+    if mode is False:
+        return None
+    try:
+        kernel = factory()
+    except NativeUnavailable as err:
+        if mode is True:
+            raise
+        _note(logging.WARNING, f"{err}; using PyTorch's ops instead (slower)")
+        return None
+    _note(logging.INFO, f"using the CPU kernel {kernel.path}")  # type: ignore[attr-defined]
+    return kernel
+
+
+def _note(level: int, message: str) -> None:
+    if message not in _noted:
+        _noted.add(message)
+        _notes[message] = level
+
+
+def take_notes() -> list[tuple[int, str]]:
+    """(logging level, message) of each kernel choice not yet taken, once per process."""
+    taken = [(level, message) for message, level in _notes.items()]
+    _notes.clear()
+    return taken
 
 
 def cache_dir() -> Path:
@@ -94,6 +144,51 @@ def load(name: str, defines: tuple[tuple[str, int], ...]) -> tuple[Path, ctypes.
 
 def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
+
+
+class SpmmKernel:
+    """``kernels/spmm.c``: A x for a CSR matrix A (int64 indices) and a dense float32 x, without autograd."""
+
+    def __init__(self) -> None:
+        self.path, self.lib = load("spmm", ())
+
+    def __call__(self, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        crow, col, values = adj.crow_indices(), adj.col_indices(), adj.values()
+        out = x.new_empty((adj.shape[0], x.shape[1]))
+        self.lib.spmm(
+            ctypes.c_long(adj.shape[0]),
+            ctypes.c_long(x.shape[1]),
+            torch.get_num_threads(),
+            *(ctypes.c_void_p(t.data_ptr()) for t in (crow, col, values, x, out)),
+        )
+        return out
+
+
+@functools.cache
+def spmm_kernel() -> SpmmKernel | None:
+    """The CSR product kernel under the current mode (built once per mode)."""
+    return build(SpmmKernel)
+
+
+def sparse_mm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A x (N, d) for sparse CSR ``adj`` (N, M) and dense ``x`` (M, d), by the kernel where it applies.
+
+    It applies to float32 CPU tensors with int64 indices outside autograd (callers' autograd
+    functions call this in their forward and backward); anything else goes to ``torch.sparse.mm``.
+    """
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and adj.layout == torch.sparse_csr
+        and adj.values().dtype == torch.float32
+        and adj.crow_indices().dtype == torch.int64
+        and not (x.requires_grad and torch.is_grad_enabled())
+    ):
+        kernel = spmm_kernel()
+        if kernel is not None:
+            return kernel(adj, x)
+    return torch.sparse.mm(adj, x)
 
 
 class _Kernel:

@@ -1,6 +1,7 @@
 """The one sparse graph propagation routine every graph model shares.
 
-Adjacencies travel as torch sparse CSR tensors (on CPU about twice as fast as COO for A x).
+Adjacencies travel as torch sparse CSR tensors (on CPU about twice as fast as COO for A x); on a
+CPU the products run in this project's C kernel (``native.sparse_mm``, ~3x faster again).
 Autograd through ``torch.sparse.mm`` converts A to its transpose on every backward call, which
 costs more than the product itself; :func:`propagate` instead takes the transpose once (``adj_t``:
 the adjacency itself for a symmetric graph such as the normalised user-item graph, or
@@ -14,6 +15,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from vlif_pipeline.models.native import sparse_mm
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 
@@ -72,11 +75,11 @@ class _SparseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.adj_t = adj_t
-        return torch.sparse.mm(adj, x)
+        return sparse_mm(adj, x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:  # type: ignore[override]
-        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+        return None, None, sparse_mm(ctx.adj_t, grad)
 
 
 def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,7 +88,7 @@ def spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) 
     ``adj_t``: the transpose of ``adj`` (``adj`` itself when symmetric); None computes it here.
     """
     if not x.requires_grad:
-        return torch.sparse.mm(adj, x)
+        return sparse_mm(adj, x)
     return _SparseMatmul.apply(adj, transpose(adj) if adj_t is None else adj_t, x)
 
 
@@ -138,7 +141,7 @@ class _LayerRows(torch.autograd.Function):
         layer = x
         for position in range(n_layers + 1):
             if position:
-                layer = torch.sparse.mm(adj, layer)
+                layer = sparse_mm(adj, layer)
             out[:, position] = layer if index is None else layer.index_select(0, index)
         return out
 
@@ -153,7 +156,7 @@ class _LayerRows(torch.autograd.Function):
 
         acc = add_rows(grad.new_zeros((ctx.n_rows, grad.shape[2])), layers[-1])
         for position in reversed(range(ctx.n_layers)):
-            acc = add_rows(torch.sparse.mm(ctx.adj_t, acc), layers[position])
+            acc = add_rows(sparse_mm(ctx.adj_t, acc), layers[position])
         return None, None, acc, None, None
 
 
@@ -193,7 +196,7 @@ class _LayerMeanRows(torch.autograd.Function):
         total = x[index]
         layer = x
         for _ in range(n_layers):
-            layer = torch.sparse.mm(adj, layer)
+            layer = sparse_mm(adj, layer)
             total += layer[index]
         return total / (n_layers + 1)
 
@@ -204,7 +207,7 @@ class _LayerMeanRows(torch.autograd.Function):
         scattered.index_add_(0, index, grad / (ctx.n_layers + 1))
         acc = scattered
         for _ in range(ctx.n_layers):
-            acc = torch.sparse.mm(ctx.adj_t, acc).add_(scattered)
+            acc = sparse_mm(ctx.adj_t, acc).add_(scattered)
         return None, None, acc, None, None
 
 

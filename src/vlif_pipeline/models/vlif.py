@@ -8,7 +8,6 @@ D = P * d for concatenations (d for pooling), B = batch size.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,7 +29,7 @@ from vlif_pipeline.models.fusion import (
     info_nce,
     remove_component,
 )
-from vlif_pipeline.models.native import CrossBlockKernel, NativeUnavailable, RedundancyKernel
+from vlif_pipeline.models import native
 from vlif_pipeline.models.propagation import layer_rows, propagate, propagate_rows, spmm, transpose
 
 if TYPE_CHECKING:
@@ -145,7 +144,6 @@ class VLIF(Recommender):
         "temperature": 0.2,
         "reg_weight": 1e-4,
         "restrict": "auto",
-        "native": "auto",
     }
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
@@ -180,8 +178,8 @@ class VLIF(Recommender):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        if self.fusion == "pid":
-            self._use_native(hp["native"], data.device, block)
+        if self.fusion == "pid" and data.device.type == "cpu":
+            self._use_kernels(block)
         self.user_item = data.user_item
         if hp["restrict"] not in ("auto", True, False):
             raise ValueError(f"VLIF: restrict must be 'auto', true or false, got {hp['restrict']!r}")
@@ -192,25 +190,14 @@ class VLIF(Recommender):
         self.user_side = self._side(data.user_user, int(hp["n_user_layers"]))
         self.item_side = self._side(data.item_knn, int(hp["n_item_layers"]))
 
-    def _use_native(self, native: Any, device: torch.device, block: tuple[int, int, int, float]) -> None:
-        """Give the cross-modal blocks the fused CPU kernel: ``native`` true (required), false, or ``auto``
-        (on a CPU, when it builds; otherwise the PyTorch ops, with a note saying so)."""
-        if native not in ("auto", True, False):
-            raise ValueError(f"VLIF: native must be 'auto', true or false, got {native!r}")
-        if native is False or (native == "auto" and device.type != "cpu"):
-            return
+    def _use_kernels(self, block: tuple[int, int, int, float]) -> None:
+        """Give the fusion blocks their C kernels (models/native.py), if the process-wide mode allows."""
         dim, n_heads, ffn_dim, _ = block
-        try:
-            cross = CrossBlockKernel(dim, self.n_layers + 1, n_heads, ffn_dim)
-            redundancy = RedundancyKernel(dim, n_heads, ffn_dim)
-        except NativeUnavailable as err:
-            if native is True:
-                raise ValueError(f"VLIF: native is true but the fused CPU kernels are unavailable: {err}") from err
-            self.notes.append((logging.WARNING, f"fused CPU kernels unavailable, using PyTorch ops (slower): {err}"))
-            return
-        self.synergy.vision_to_text.kernel = self.synergy.text_to_vision.kernel = cross
-        self.redundancy.kernel = redundancy
-        self.notes.append((logging.INFO, f"fusion blocks use the fused CPU kernels {cross.path}, {redundancy.path}"))
+        cross = native.build(lambda: native.CrossBlockKernel(dim, self.n_layers + 1, n_heads, ffn_dim))
+        redundancy = native.build(lambda: native.RedundancyKernel(dim, n_heads, ffn_dim))
+        if cross is not None and redundancy is not None:
+            self.synergy.vision_to_text.kernel = self.synergy.text_to_vision.kernel = cross
+            self.redundancy.kernel = redundancy
 
     def _side(self, graph: torch.Tensor | None, n_layers: int) -> _Homogeneous | None:
         """The homogeneous graph (n, n) with what propagation and restriction need; None when unused."""

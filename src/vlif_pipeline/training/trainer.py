@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vlif_pipeline.io import StageError, write_json
-from vlif_pipeline.models import MODELS, build_model, model_class
+from vlif_pipeline.models import MODELS, build_model, model_class, native
 from vlif_pipeline.models.base import Recommender
 from vlif_pipeline.training.checkpoint import cpu_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlif_pipeline.training.data import TrainData
@@ -38,6 +38,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "eval_every": 1,
     "seed": 42,
     "eval_batch_size": 512,
+    "native": "auto",  # the C kernels on a CPU: auto, true (required) or false (models/native.py)
 }
 STOP_METRIC = "recall@20"
 CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
@@ -69,6 +70,8 @@ def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], di
             raise StageError(f"parameter {key!r} must be a positive integer, got {trainer[key]!r}")
     if not isinstance(trainer["seed"], int) or isinstance(trainer["seed"], bool) or trainer["seed"] < 0:
         raise StageError(f"parameter 'seed' must be a non-negative integer, got {trainer['seed']!r}")
+    if trainer["native"] not in native.MODES:
+        raise StageError(f"parameter 'native' must be 'auto', true or false, got {trainer['native']!r}")
     rate = trainer["learning_rate"]
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < math.inf:
         raise StageError(f"parameter 'learning_rate' must be a positive number, got {rate!r}")
@@ -145,12 +148,17 @@ class Trainer:
         if ignored:
             logger.warning("parameters %s belong to other models and are ignored by %s", ignored, model_name)
         torch.manual_seed(self.settings["seed"])
+        native.configure(self.settings["native"])
         try:
+            if data.device.type == "cpu":
+                native.spmm_kernel()  # built now, so that its note (or failure) comes first
             self.model: Recommender = build_model(model_name, data, model_params)
         except ValueError as err:
             raise StageError(f"model {model_name!r}: {err}") from err
-        for level, note in self.model.notes:
-            logger.log(level, "%s: %s", model_name, note)
+        except native.NativeUnavailable as err:
+            raise StageError(f"native is true, but a CPU kernel is unavailable: {err}") from err
+        for level, note in native.take_notes():
+            logger.log(level, "%s", note)
         self.hparams = dict(self.model.hparams)
         self.fingerprint = _fingerprint(model_name, self.settings, self.hparams, data)
         batch = self.settings["eval_batch_size"]
