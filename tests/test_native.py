@@ -15,7 +15,7 @@ import torch
 from test_vlif import batch, tiny_data
 from vlif_pipeline.io import StageError
 from vlif_pipeline.models import native
-from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder
+from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder, info_nce
 from vlif_pipeline.models.native import CrossBlockKernel, NativeUnavailable, RedundancyKernel, SpmmKernel
 from vlif_pipeline.models.propagation import to_torch_sparse
 from vlif_pipeline.models.vlif import VLIF
@@ -91,6 +91,42 @@ def test_redundancy_kernel_equals_the_module(n: int) -> None:
     expected = gradients(encoder, [v, t], lambda: encoder.encode(v, t))
     encoder.kernel = RedundancyKernel(DIM, HEADS, FFN)
     assert_same(gradients(encoder, [v, t], lambda: encoder.encode(v, t)), expected)
+
+
+@pytest.mark.parametrize(("n", "keep"), [(1024, True), (575, False), (37, True), (1, False)])
+def test_info_nce_kernel_equals_torch(n: int, keep: bool) -> None:
+    """Row counts that fill the 4-row and 64-column blocks and ones that are padded; masked rows."""
+    torch.manual_seed(0)
+    a, b = torch.randn(n, DIM, requires_grad=True), torch.randn(n, DIM, requires_grad=True)
+    mask = torch.rand(n) > 0.3 if keep else None
+    results = []
+    for mode in (True, False):
+        native.configure(mode)
+        a.grad = b.grad = None
+        loss = info_nce(a, b, 0.2, mask)
+        loss.backward()
+        results.append((loss.detach(), a.grad, b.grad))
+    for fused, plain in zip(*results, strict=True):
+        torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_info_nce_kernel_backward_runs_once() -> None:
+    kernel = native.InfoNceKernel(DIM)
+    a, b = torch.randn(8, DIM, requires_grad=True), torch.randn(8, DIM, requires_grad=True)
+    rows, cols = kernel(a, b, torch.ones(8), 0.2)
+    (rows.sum() + cols.sum()).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        rows.sum().backward()
+
+
+def test_a_strided_upstream_gradient_is_read_correctly() -> None:
+    block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
+    randomise(block)
+    query, tokens = torch.randn(40, DIM, requires_grad=True), torch.randn(40, 3, DIM, requires_grad=True)
+    weight = torch.randn(DIM, 40)
+    expected = gradients(block, [query, tokens], lambda: block(query, tokens).t() * weight)
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    assert_same(gradients(block, [query, tokens], lambda: block(query, tokens).t() * weight), expected)
 
 
 def test_kernels_are_deterministic_and_keep_nan() -> None:

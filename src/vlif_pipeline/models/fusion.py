@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlif_pipeline.models import native
 from vlif_pipeline.models.base import normalize_rows, row_norm
 
 if TYPE_CHECKING:
@@ -230,15 +231,27 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keep: torch.T
     """
     a = normalize_rows(a)
     b = normalize_rows(b)
+    weight = None if keep is None else keep.to(a.dtype)
+    row_sums, col_sums = _exp_sums(a, b, weight, temperature)
+    positives = ((a * b).sum(-1) - 1) / temperature  # (n,), the shifted diagonal logits
+    per_row = (row_sums.log() + col_sums.log()) / 2 - positives  # a dropped row's terms are finite
+    return per_row.mean() if weight is None else (per_row * weight).sum() / weight.sum()
+
+
+def _exp_sums(
+    a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row sums S w and column sums w^T S (n,) of S = exp((a b^T - 1) / temperature) for a, b (n, d);
+    w = ``weight`` (n,), or ones. On float32 CPU tensors by the C kernel (models/native.py)."""
+    if a.device.type == "cpu" and a.dtype == torch.float32:
+        kernel = native.info_nce_kernel(a.shape[1])
+        if kernel is not None:
+            return kernel(a, b, a.new_ones(a.shape[0]) if weight is None else weight, temperature)
     # (cos - 1) / temperature by one GEMM (alpha, and a broadcast shift as its input), then exp in
     # place: two passes over the (n, n) matrix instead of four
     shift = a.new_full((1, 1), -1.0 / temperature)  # a fill, not a host copy: safe in a CUDA graph
     shifted = torch.addmm(shift, a, b.T, alpha=1.0 / temperature).exp_()  # (n, n)
-    positives = ((a * b).sum(-1) - 1) / temperature  # (n,), the shifted diagonal logits
-    if keep is None:
-        return ((shifted.sum(1).log() + shifted.sum(0).log()) / 2 - positives).mean()
-    weight = keep.to(shifted.dtype)
-    # sums over kept columns (a -> b) and kept rows (b -> a) as matrix-vector products: no masked
-    # (n, n) copy; a dropped row's own terms are finite and weighted 0 below
-    per_row = ((shifted @ weight).log() + (weight @ shifted).log()) / 2 - positives
-    return (per_row * weight).sum() / weight.sum()
+    if weight is None:
+        return shifted.sum(1), shifted.sum(0)
+    # sums over kept columns (a -> b) and kept rows (b -> a) as matrix-vector products: no masked copy
+    return shifted @ weight, weight @ shifted

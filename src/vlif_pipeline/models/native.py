@@ -59,6 +59,7 @@ def configure(mode: str | bool) -> None:
         raise ValueError(f"native must be 'auto', true or false, got {mode!r}")
     _state["mode"] = mode
     spmm_kernel.cache_clear()
+    info_nce_kernel.cache_clear()
 
 
 def build(factory: Callable[[], K]) -> K | None:
@@ -191,6 +192,77 @@ def sparse_mm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.sparse.mm(adj, x)
 
 
+class InfoNceKernel:
+    """``kernels/infonce.c``: row and column sums of the InfoNCE exponentials, for width d."""
+
+    def __init__(self, dim: int) -> None:
+        if dim % 64:
+            raise NativeUnavailable(f"the InfoNCE kernel needs embedding_dim a multiple of 64 (got {dim})")
+        self.path, self.lib = load("infonce", (("D", dim),))
+
+    def __call__(
+        self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """r = S w (n,) and c = w^T S (n,) for S = exp((a b^T - 1) / temperature), a and b (n, d); differentiable
+        in a and b (not in the weights w (n,))."""
+        return _ExpSums.apply(self, a, b, weight, 1.0 / temperature)
+
+
+def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
+    out = x.new_zeros((rows, *x.shape[1:]))
+    out[: x.shape[0]] = x
+    return out
+
+
+class _ExpSums(torch.autograd.Function):
+    """Autograd wrapper of :class:`InfoNceKernel`; rows padded to a multiple of 4, columns of 64."""
+
+    @staticmethod
+    def forward(ctx, kernel: InfoNceKernel, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, alpha: float):  # type: ignore[override]
+        n = a.shape[0]
+        n4, n64 = -(-n // 4) * 4, -(-n // 64) * 64
+        threads = torch.get_num_threads()
+        a_pad, b_pad, w_pad = _padded(a.detach(), n4), _padded(b.detach(), n64), _padded(weight.detach(), n64)
+        b_t = b_pad.T.contiguous()
+        exps, row_sums, col_parts = a.new_empty((n4, n64)), a.new_empty(n4), a.new_zeros((threads, n64))
+        kernel.lib.info_nce_forward(
+            ctypes.c_long(n4),
+            ctypes.c_long(n64),
+            threads,
+            *(ctypes.c_void_p(t.data_ptr()) for t in (a_pad, b_t, w_pad)),
+            ctypes.c_float(alpha),
+            *(ctypes.c_void_p(t.data_ptr()) for t in (exps, row_sums, col_parts)),
+        )
+        ctx.kernel, ctx.alpha, ctx.n, ctx.spent = kernel, alpha, n, False
+        ctx.save_for_backward(exps, a_pad, b_pad, w_pad)
+        return row_sums[:n], col_parts.sum(0)[:n]
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor, grad_cols: torch.Tensor):  # type: ignore[override]
+        if ctx.spent:
+            raise RuntimeError("the InfoNCE kernel's backward overwrites its saved exponentials: it runs once")
+        ctx.spent = True
+        exps, a_pad, b_pad, w_pad = ctx.saved_tensors
+        grad_a, grad_b = torch.empty_like(a_pad), torch.empty_like(b_pad)
+        # named, not temporaries: a tensor must outlive the call that gets its address
+        grad_rows, grad_cols = _padded(grad_rows, a_pad.shape[0]), _padded(grad_cols, b_pad.shape[0])
+        ctx.kernel.lib.info_nce_backward(
+            ctypes.c_long(a_pad.shape[0]),
+            ctypes.c_long(b_pad.shape[0]),
+            torch.get_num_threads(),
+            *(ctypes.c_void_p(t.data_ptr()) for t in (exps, grad_rows, grad_cols, w_pad)),
+            ctypes.c_float(ctx.alpha),
+            *(ctypes.c_void_p(t.data_ptr()) for t in (a_pad, b_pad, grad_a, grad_b)),
+        )
+        return None, grad_a[: ctx.n], grad_b[: ctx.n], None, None
+
+
+@functools.cache
+def info_nce_kernel(dim: int) -> InfoNceKernel | None:
+    """The InfoNCE kernel for width ``dim`` under the current mode (built once per mode)."""
+    return build(lambda: InfoNceKernel(dim))
+
+
 class _Kernel:
     """One built kernel ``kernels/<name>.c``: ``<name>_forward``, ``<name>_backward``, ``<name>_grad_size``.
 
@@ -240,6 +312,7 @@ class _Fused(torch.autograd.Function):
         kernel: _Kernel = ctx.kernel
         saved = ctx.saved_tensors
         inputs, ordered = list(saved[: ctx.n_inputs]), list(saved[ctx.n_inputs :])
+        grad_out = grad_out.contiguous()  # named: it must outlive the call that gets its address
         grad_inputs = [torch.empty_like(t) for t in inputs]
         threads = torch.get_num_threads()
         grads = inputs[0].new_zeros(threads, kernel.grad_size)
@@ -248,7 +321,7 @@ class _Fused(torch.autograd.Function):
             threads,
             _pointers(inputs),
             _pointers(ordered),
-            ctypes.c_void_p(grad_out.contiguous().data_ptr()),
+            ctypes.c_void_p(grad_out.data_ptr()),
             _pointers(grad_inputs),
             ctypes.c_void_p(grads.data_ptr()),
         )

@@ -40,9 +40,10 @@ static inline void matmul(int rows, const float *restrict in, int K, const float
     }
 }
 
-/* G += in^T @ dy, the weight gradient of matmul: in (rows, K), dy (rows, O), G (K, O). */
-static inline void add_outer(int rows, const float *restrict in, int K, const float *restrict dy, int O,
-                             float *restrict G) {
+/* G += in^T @ dy, the weight gradient of matmul: in (rows, K) with rows ld floats apart, dy (rows, O),
+ * G (K, O); K a multiple of 4, O of 64. */
+static inline void add_outer_ld(int rows, const float *restrict in, int ld, int K, const float *restrict dy,
+                                int O, float *restrict G) {
   for (int i0 = 0; i0 < K; i0 += 4)
     for (int o0 = 0; o0 < O; o0 += 4 * VL) {
       vf acc[4][4] = {{{0}}};
@@ -51,13 +52,19 @@ static inline void add_outer(int rows, const float *restrict in, int K, const fl
         const vf y0 = *(const vf *)y, y1 = *(const vf *)(y + VL), y2 = *(const vf *)(y + 2 * VL),
                  y3 = *(const vf *)(y + 3 * VL);
         for (int k = 0; k < 4; k++) {
-          const float a = in[r * K + i0 + k];
+          const float a = in[r * ld + i0 + k];
           acc[k][0] += a * y0; acc[k][1] += a * y1; acc[k][2] += a * y2; acc[k][3] += a * y3;
         }
       }
       for (int k = 0; k < 4; k++)
         for (int j = 0; j < 4; j++) *(vf *)(G + (i0 + k) * O + o0 + j * VL) += acc[k][j];
     }
+}
+
+/* G += in^T @ dy for in (rows, K) contiguous. */
+static inline void add_outer(int rows, const float *restrict in, int K, const float *restrict dy, int O,
+                             float *restrict G) {
+  add_outer_ld(rows, in, K, K, dy, O, G);
 }
 
 /* g += column sums of dy (rows, O): a bias gradient. */
