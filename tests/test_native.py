@@ -19,6 +19,7 @@ from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder, info
 from vlif_pipeline.models.native import CrossBlockKernel, NativeUnavailable, RedundancyKernel, SpmmKernel
 from vlif_pipeline.models.propagation import to_torch_sparse
 from vlif_pipeline.models.vlif import VLIF
+from vlif_pipeline.training import trainer as trainer_module
 from vlif_pipeline.training.trainer import split_params
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the kernels")
@@ -247,3 +248,9 @@ def test_modes_are_validated() -> None:
         native.configure("yes")
     with pytest.raises(StageError, match="parameter 'native' must be 'auto', true or false"):
         split_params("bpr", {"native": "yes"})
+
+
+def test_the_resume_fingerprint_covers_the_kernels() -> None:
+    """A kernel edit must restart training, not resume a checkpoint computed by the old kernel."""
+    names = {path.name for path in trainer_module._code_files()}
+    assert {"cross_block.c", "redundancy.c", "infonce.c", "spmm.c", "common.h", "native.py"} <= names

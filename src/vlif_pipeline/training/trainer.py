@@ -83,11 +83,17 @@ def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], di
 CODE_PACKAGES = ("models", "training")  # the source whose edits change what training computes
 
 
+def _code_files() -> list[Path]:
+    """The model and training source files, the C kernels' included."""
+    package = Path(__file__).resolve().parents[1]
+    return sorted(p for name in CODE_PACKAGES for p in (package / name).rglob("*") if p.suffix in (".py", ".c", ".h"))
+
+
 def _code_digest() -> bytes:
-    """sha256 of the model and training source files (contents, not times)."""
+    """sha256 of :func:`_code_files` (contents, not times)."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(p for name in CODE_PACKAGES for p in (package / name).glob("*.py")):
+    for path in _code_files():
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.digest()
 
