@@ -254,3 +254,11 @@ def test_the_resume_fingerprint_covers_the_kernels() -> None:
     """A kernel edit must restart training, not resume a checkpoint computed by the old kernel."""
     names = {path.name for path in trainer_module._code_files()}
     assert {"cross_block.c", "redundancy.c", "infonce.c", "spmm.c", "common.h", "native.py"} <= names
+
+
+def test_building_vlif_notes_every_kernel_it_uses() -> None:
+    """The trainer logs these notes right after building the model: all kernels must be in them."""
+    VLIF(tiny_data(), {"embedding_dim": DIM})
+    notes = " ".join(message for _, message in native.take_notes())
+    for name in ("infonce", "cross_block", "redundancy"):
+        assert f"/{name}-" in notes, name

@@ -45,8 +45,7 @@ LINK_FLAGS = ("-shared", "-fopenmp")
 MODES = ("auto", True, False)
 K = TypeVar("K")
 _state: dict[str, object] = {"mode": "auto"}
-_notes: dict[str, int] = {}  # message -> logging level, in order, until taken
-_noted: set[str] = set()
+_notes: list[tuple[int, str]] = []  # (logging level, message) of each build, until taken
 
 
 class NativeUnavailable(RuntimeError):
@@ -72,21 +71,16 @@ def build(factory: Callable[[], K]) -> K | None:
     except NativeUnavailable as err:
         if mode is True:
             raise
-        _note(logging.WARNING, f"{err}; using PyTorch's ops instead (slower)")
+        _notes.append((logging.WARNING, f"{err}; using PyTorch's ops instead (slower)"))
         return None
-    _note(logging.INFO, f"using the CPU kernel {kernel.path}")  # type: ignore[attr-defined]
+    _notes.append((logging.INFO, f"using the CPU kernel {kernel.path}"))  # type: ignore[attr-defined]
     return kernel
 
 
-def _note(level: int, message: str) -> None:
-    if message not in _noted:
-        _noted.add(message)
-        _notes[message] = level
-
-
 def take_notes() -> list[tuple[int, str]]:
-    """(logging level, message) of each kernel choice not yet taken, once per process."""
-    taken = [(level, message) for message, level in _notes.items()]
+    """(logging level, message) of each kernel built or refused since the last call; a reason that
+    refused several kernels (no compiler) once."""
+    taken = list(dict.fromkeys(_notes))
     _notes.clear()
     return taken
 

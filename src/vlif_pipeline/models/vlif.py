@@ -191,8 +191,13 @@ class VLIF(Recommender):
         self.item_side = self._side(data.item_knn, int(hp["n_item_layers"]))
 
     def _use_kernels(self, block: tuple[int, int, int, float]) -> None:
-        """Give the fusion blocks their C kernels (models/native.py), if the process-wide mode allows."""
+        """Give the fusion blocks their C kernels (models/native.py), if the process-wide mode allows.
+
+        InfoNCE's kernel is looked up where it runs (``fusion.info_nce``); it is built here so that
+        its note, or its failure, comes with the others.
+        """
         dim, n_heads, ffn_dim, _ = block
+        native.info_nce_kernel(dim)
         cross = native.build(lambda: native.CrossBlockKernel(dim, self.n_layers + 1, n_heads, ffn_dim))
         redundancy = native.build(lambda: native.RedundancyKernel(dim, n_heads, ffn_dim))
         if cross is not None and redundancy is not None:
