@@ -198,6 +198,8 @@ def test_sparse_mm_leaves_autograd_and_other_dtypes_to_torch() -> None:
     native.sparse_mm(adj, x).sum().backward()  # PyTorch's product, which has a backward
     torch.testing.assert_close(x.grad, torch.ones(4, 2))
     assert native.sparse_mm(adj.to(torch.float64), x.detach().double()).dtype == torch.float64
+    with pytest.raises(RuntimeError):  # PyTorch's own shape error, not a read past the end
+        native.sparse_mm(adj, torch.ones(3, 2))
 
 
 def test_unavailable_kernels_fail_when_required_and_fall_back_with_a_warning(monkeypatch) -> None:

@@ -24,8 +24,8 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import torch
@@ -44,7 +44,7 @@ LINK_FLAGS = ("-shared", "-fopenmp")
 
 MODES = ("auto", True, False)
 K = TypeVar("K")
-_state: dict[str, object] = {"mode": "auto"}
+_mode: str | bool = "auto"
 _notes: list[tuple[int, str]] = []  # (logging level, message) of each build, until taken
 
 
@@ -54,22 +54,22 @@ class NativeUnavailable(RuntimeError):
 
 def configure(mode: str | bool) -> None:
     """Set the mode for this process: ``auto``, true or false (see the module's docstring)."""
+    global _mode
     if mode not in MODES:
         raise ValueError(f"native must be 'auto', true or false, got {mode!r}")
-    _state["mode"] = mode
+    _mode = mode
     spmm_kernel.cache_clear()
     info_nce_kernel.cache_clear()
 
 
 def build(factory: Callable[[], K]) -> K | None:
     """``factory()``'s kernel under the current mode: None when off, or unavailable under ``auto``."""
-    mode = _state["mode"]
-    if mode is False:
+    if _mode is False:
         return None
     try:
         kernel = factory()
     except NativeUnavailable as err:
-        if mode is True:
+        if _mode is True:
             raise
         _notes.append((logging.WARNING, f"{err}; using PyTorch's ops instead (slower)"))
         return None
@@ -101,7 +101,7 @@ def _cpu_identity() -> str:
 
 
 def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise NativeUnavailable(f"{what} failed ({' '.join(command)}):\n{done.stderr.strip()[-2000:]}")
 
@@ -117,7 +117,7 @@ def load(name: str, defines: tuple[tuple[str, int], ...]) -> tuple[Path, ctypes.
         raise NativeUnavailable(f"no C compiler {compiler!r} on PATH (set CC to another one)")
     source = KERNEL_DIR / f"{name}.c"
     flags = [*COMPILE_FLAGS, *(f"-D{key}={value}" for key, value in defines)]
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     sources = [path.read_text() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".c", ".h")]
     key = hashlib.sha256("\0".join([*sources, *flags, *LINK_FLAGS, version, _cpu_identity()]).encode())
     target = cache_dir() / f"{name}-{key.hexdigest()[:20]}.so"
@@ -175,6 +175,8 @@ def sparse_mm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if (
         x.device.type == "cpu"
         and x.dtype == torch.float32
+        and x.dim() == 2
+        and adj.shape[1] == x.shape[0]  # else torch.sparse.mm says what is wrong
         and adj.layout == torch.sparse_csr
         and adj.values().dtype == torch.float32
         and adj.crow_indices().dtype == torch.int64
