@@ -264,3 +264,61 @@ def test_building_vlif_notes_every_kernel_it_uses() -> None:
     notes = " ".join(message for _, message in native.take_notes())
     for name in ("infonce", "cross_block", "redundancy"):
         assert f"/{name}-" in notes, name
+
+
+def test_a_wide_block_runs_and_matches() -> None:
+    """d 128, feed-forward 512: the tile state (on the heap) is several times the default one."""
+    block = CrossModalBlock(128, 8, 512, 0.01)
+    randomise(block)
+    query, tokens = torch.randn(21, 128, requires_grad=True), torch.randn(21, 3, 128, requires_grad=True)
+    expected = gradients(block, [query, tokens], lambda: block(query, tokens))
+    block.kernel = CrossBlockKernel(128, 3, 8, 512)
+    assert_same(gradients(block, [query, tokens], lambda: block(query, tokens)), expected)
+
+
+def test_inputs_the_kernels_were_not_built_for_take_the_pytorch_path() -> None:
+    """Another token count or dtype would make C read past its buffers: such calls go to PyTorch."""
+    block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
+    randomise(block)
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    query, tokens = torch.randn(9, DIM), torch.randn(9, 2, DIM)
+    assert not block.kernel.accepts(query, tokens)
+    with torch.no_grad():
+        out = block(query, tokens)
+        block.kernel = None
+        torch.testing.assert_close(out, block(query, tokens))
+    kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    assert not kernel.accepts(query.double(), torch.randn(9, 3, DIM, dtype=torch.float64))
+    assert not native.InfoNceKernel(DIM).accepts(query, query[:, :32])
+
+
+def test_sparse_mm_with_other_index_types_or_layouts_matches_torch() -> None:
+    matrix = sp.random(50, 40, density=0.1, random_state=1, dtype=np.float32, format="csr")
+    adj = to_torch_sparse(matrix)
+    x = torch.randn(40, 64)
+    expected = torch.sparse.mm(adj, x)
+    int32 = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices().int(), adj.values(), size=adj.shape)
+    torch.testing.assert_close(native.sparse_mm(int32, x), expected)
+    spread = torch.zeros(2 * adj.values().numel())
+    spread[::2] = adj.values()  # values as a strided view
+    strided = torch.sparse_csr_tensor(adj.crow_indices(), adj.col_indices(), spread[::2], size=adj.shape)
+    torch.testing.assert_close(native.sparse_mm(strided, x), expected)
+
+
+def test_double_backward_through_a_kernel_is_refused() -> None:
+    block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    query = torch.randn(5, DIM, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(block(query, torch.randn(5, 3, DIM)).pow(2).sum(), query, create_graph=True)
+
+
+def test_a_damaged_cache_file_is_rebuilt(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "first"))
+    name = RedundancyKernel(DIM, HEADS, FFN).path.name  # the same key, so the same name, anywhere
+    damaged = tmp_path / "second" / "vlif_pipeline" / "kernels" / name
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"")  # e.g. a crash that left an empty file (not one this process has loaded)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "second"))
+    native.load.cache_clear()
+    assert RedundancyKernel(DIM, HEADS, FFN).path == damaged and damaged.stat().st_size > 0

@@ -97,7 +97,7 @@ class CrossModalBlock(_PreNormBlock):
     kernel: CrossBlockKernel | None = None
 
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        if self.kernel is not None and query.device.type == "cpu" and query.dtype == torch.float32:
+        if self.kernel is not None and self.kernel.accepts(query, tokens):
             return self.kernel(self, query, tokens)
         q = self.query(self.norm_attn(query))
         keys, values = self.keys_values(self.norm_attn(tokens))
@@ -174,7 +174,7 @@ class RedundancyEncoder(_PreNormBlock):
         scale = heads[1] ** -0.5
         fixed_scores = (fixed_keys * query).sum(-1) * scale  # (3, H)
         real = torch.stack([v, t], dim=1) + self.modality  # (n, 2, d): vision, text
-        if self.kernel is not None and v.device.type == "cpu" and v.dtype == torch.float32:
+        if self.kernel is not None and self.kernel.accepts(v, t):
             return self.kernel(self, real, query.flatten(), fixed_scores, fixed_values.flatten(1))
         real_keys, real_values = (x.unflatten(-1, heads) for x in self.keys_values(self.norm_attn(real)))
         # unbind, not indexing: one stack in the backward instead of a zero-filled (n, 2, H, c) per use
@@ -245,7 +245,7 @@ def _exp_sums(
     w = ``weight`` (n,), or ones. On float32 CPU tensors by the C kernel (models/native.py)."""
     if a.device.type == "cpu" and a.dtype == torch.float32:
         kernel = native.info_nce_kernel(a.shape[1])
-        if kernel is not None:
+        if kernel is not None and kernel.accepts(a, b):
             return kernel(a, b, a.new_ones(a.shape[0]) if weight is None else weight, temperature)
     # (cos - 1) / temperature by one GEMM (alpha, and a broadcast shift as its input), then exp in
     # place: two passes over the (n, n) matrix instead of four

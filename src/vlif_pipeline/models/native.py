@@ -121,16 +121,22 @@ def load(name: str, defines: tuple[tuple[str, int], ...]) -> tuple[Path, ctypes.
     sources = [path.read_text() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".c", ".h")]
     key = hashlib.sha256("\0".join([*sources, *flags, *LINK_FLAGS, version, _cpu_identity()]).encode())
     target = cache_dir() / f"{name}-{key.hexdigest()[:20]}.so"
-    if not target.exists():
+    if target.exists():
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"
-                _run([compiler, *flags, "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
-                _run([compiler, *LINK_FLAGS, str(obj), "-o", str(lib), "-lm"], f"linking {source.name}")
-                os.replace(lib, target)  # atomic: concurrent builds of the same key write the same file
-        except OSError as err:
-            raise NativeUnavailable(f"cannot build into {target.parent}: {err}") from err
+            return target, ctypes.CDLL(str(target))
+        except OSError:
+            target.unlink(missing_ok=True)  # a damaged cache file: build it again
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            obj, lib = Path(tmp) / f"{name}.o", Path(tmp) / f"{name}.so"
+            _run([compiler, *flags, "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
+            _run([compiler, *LINK_FLAGS, str(obj), "-o", str(lib), "-lm"], f"linking {source.name}")
+            with lib.open("rb") as built:
+                os.fsync(built.fileno())  # complete on disk before it gets the name later runs trust
+            os.replace(lib, target)  # atomic: concurrent builds of the same key write the same file
+    except OSError as err:
+        raise NativeUnavailable(f"cannot build into {target.parent}: {err}") from err
     try:
         return target, ctypes.CDLL(str(target))
     except OSError as err:
@@ -141,6 +147,22 @@ def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array[ctypes.c_void_p]:
     return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
 
 
+def _cpu_float32(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+def _first_order_only() -> None:
+    """The kernels' backwards are not themselves differentiable: refuse ``create_graph`` (under which
+    autograd runs a backward with gradients enabled) rather than return wrong higher-order gradients."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("the CPU kernels have no second derivatives: configure native false for create_graph")
+
+
+def _check_status(status: int, what: str) -> None:
+    if status:
+        raise MemoryError(f"the {what} kernel could not allocate its per-thread buffers")
+
+
 class SpmmKernel:
     """``kernels/spmm.c``: A x for a CSR matrix A (int64 indices) and a dense float32 x, without autograd."""
 
@@ -149,7 +171,7 @@ class SpmmKernel:
 
     def __call__(self, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
-        crow, col, values = adj.crow_indices(), adj.col_indices(), adj.values()
+        crow, col, values = (t.contiguous() for t in (adj.crow_indices(), adj.col_indices(), adj.values()))
         out = x.new_empty((adj.shape[0], x.shape[1]))
         self.lib.spmm(
             ctypes.c_long(adj.shape[0]),
@@ -178,8 +200,10 @@ def sparse_mm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         and x.dim() == 2
         and adj.shape[1] == x.shape[0]  # else torch.sparse.mm says what is wrong
         and adj.layout == torch.sparse_csr
+        and adj.dim() == 2
+        and adj.values().dim() == 1  # no hybrid CSR with dense blocks per entry
         and adj.values().dtype == torch.float32
-        and adj.crow_indices().dtype == torch.int64
+        and adj.crow_indices().dtype == adj.col_indices().dtype == torch.int64
         and not (x.requires_grad and torch.is_grad_enabled())
     ):
         kernel = spmm_kernel()
@@ -194,7 +218,12 @@ class InfoNceKernel:
     def __init__(self, dim: int) -> None:
         if dim % 64:
             raise NativeUnavailable(f"the InfoNCE kernel needs embedding_dim a multiple of 64 (got {dim})")
+        self.dim = dim
         self.path, self.lib = load("infonce", (("D", dim),))
+
+    def accepts(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether a and b are what the kernel was built for: float32 CPU tensors (n, d) of one shape."""
+        return _cpu_float32(a, b) and a.dim() == 2 and a.shape[1] == self.dim and a.shape == b.shape
 
     def __call__(
         self, a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, temperature: float
@@ -235,6 +264,7 @@ class _ExpSums(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor, grad_cols: torch.Tensor):  # type: ignore[override]
+        _first_order_only()
         if ctx.spent:
             raise RuntimeError("the InfoNCE kernel's backward overwrites its saved exponentials: it runs once")
         ctx.spent = True
@@ -292,19 +322,21 @@ class _Fused(torch.autograd.Function):
         ordered = [p.T.contiguous() if k in kernel.transposed else p.contiguous() for k, p in enumerate(params)]
         ordered += [params[k].contiguous() for k in kernel.transposed]
         out = inputs[0].new_empty(out_shape)
-        getattr(kernel.lib, f"{kernel.name}_forward")(
+        status = getattr(kernel.lib, f"{kernel.name}_forward")(
             ctypes.c_long(inputs[0].shape[0]),
             torch.get_num_threads(),
             _pointers(inputs),
             _pointers(ordered),
             ctypes.c_void_p(out.data_ptr()),
         )
+        _check_status(status, kernel.name)
         ctx.kernel, ctx.n_inputs, ctx.n_params = kernel, n_inputs, len(params)
         ctx.save_for_backward(*inputs, *ordered)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        _first_order_only()
         kernel: _Kernel = ctx.kernel
         saved = ctx.saved_tensors
         inputs, ordered = list(saved[: ctx.n_inputs]), list(saved[ctx.n_inputs :])
@@ -312,7 +344,7 @@ class _Fused(torch.autograd.Function):
         grad_inputs = [torch.empty_like(t) for t in inputs]
         threads = torch.get_num_threads()
         grads = inputs[0].new_zeros(threads, kernel.grad_size)
-        getattr(kernel.lib, f"{kernel.name}_backward")(
+        status = getattr(kernel.lib, f"{kernel.name}_backward")(
             ctypes.c_long(inputs[0].shape[0]),
             threads,
             _pointers(inputs),
@@ -321,6 +353,7 @@ class _Fused(torch.autograd.Function):
             _pointers(grad_inputs),
             ctypes.c_void_p(grads.data_ptr()),
         )
+        _check_status(status, kernel.name)
         flat = grads.sum(0)  # the threads' partial sums, in a fixed order
         grad_params = []
         for k, p in enumerate(ordered[: ctx.n_params]):
@@ -362,6 +395,13 @@ class CrossBlockKernel(_Kernel):
     def __init__(self, dim: int, n_tokens: int, n_heads: int, ffn_dim: int) -> None:
         _check_shape(dim, n_heads, ffn_dim)
         super().__init__("cross_block", {"D": dim, "T": n_tokens, "H": n_heads, "F": ffn_dim}, (2, 4, 6, 8, 12, 14))
+        self.dim, self.n_tokens = dim, n_tokens
+
+    def accepts(self, query: torch.Tensor, tokens: torch.Tensor) -> bool:
+        """Whether query (n, d) and tokens (n, T, d) are float32 CPU tensors of the built shape."""
+        n = query.shape[0]
+        shapes = query.shape == (n, self.dim) and tokens.shape == (n, self.n_tokens, self.dim)
+        return _cpu_float32(query, tokens) and shapes
 
     def __call__(self, block: CrossModalBlock, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The block's output (n, d) for query (n, d) and tokens (n, T, d)."""
@@ -377,6 +417,11 @@ class RedundancyKernel(_Kernel):
     def __init__(self, dim: int, n_heads: int, ffn_dim: int) -> None:
         _check_shape(dim, n_heads, ffn_dim)
         super().__init__("redundancy", {"D": dim, "H": n_heads, "F": ffn_dim}, (2, 4, 9, 13, 15))
+        self.dim = dim
+
+    def accepts(self, v: torch.Tensor, t: torch.Tensor) -> bool:
+        """Whether v and t are float32 CPU tensors (n, d) of the built width."""
+        return _cpu_float32(v, t) and v.shape == t.shape and v.dim() == 2 and v.shape[1] == self.dim
 
     def __call__(
         self,

@@ -16,17 +16,17 @@ __attribute__((simd("notinbranch"))) float expf(float);
 typedef float vf __attribute__((vector_size(64), aligned(4)));
 
 /* out[r] = b + in[r] @ M for r < rows (a multiple of 4): in (rows, K), M (K, O); b may be NULL. */
-static inline void matmul(int rows, const float *restrict in, int K, const float *restrict M,
-                          const float *restrict b, int O, float *restrict out) {
-  for (int r0 = 0; r0 < rows; r0 += 4)
-    for (int o0 = 0; o0 < O; o0 += 4 * VL) {
+static inline void matmul(long rows, const float *restrict in, long K, const float *restrict M,
+                          const float *restrict b, long O, float *restrict out) {
+  for (long r0 = 0; r0 < rows; r0 += 4)
+    for (long o0 = 0; o0 < O; o0 += 4 * VL) {
       vf acc[4][4];
       for (int j = 0; j < 4; j++) {
         vf init = {0};
         if (b) init = *(const vf *)(b + o0 + j * VL);
         for (int r = 0; r < 4; r++) acc[r][j] = init;
       }
-      for (int i = 0; i < K; i++) {
+      for (long i = 0; i < K; i++) {
         const float *w = M + i * O + o0;
         const vf w0 = *(const vf *)w, w1 = *(const vf *)(w + VL), w2 = *(const vf *)(w + 2 * VL),
                  w3 = *(const vf *)(w + 3 * VL);
@@ -42,12 +42,12 @@ static inline void matmul(int rows, const float *restrict in, int K, const float
 
 /* G += in^T @ dy, the weight gradient of matmul: in (rows, K) with rows ld floats apart, dy (rows, O),
  * G (K, O); K a multiple of 4, O of 64. */
-static inline void add_outer_ld(int rows, const float *restrict in, int ld, int K, const float *restrict dy,
-                                int O, float *restrict G) {
-  for (int i0 = 0; i0 < K; i0 += 4)
-    for (int o0 = 0; o0 < O; o0 += 4 * VL) {
+static inline void add_outer_ld(long rows, const float *restrict in, long ld, long K, const float *restrict dy,
+                                long O, float *restrict G) {
+  for (long i0 = 0; i0 < K; i0 += 4)
+    for (long o0 = 0; o0 < O; o0 += 4 * VL) {
       vf acc[4][4] = {{{0}}};
-      for (int r = 0; r < rows; r++) {
+      for (long r = 0; r < rows; r++) {
         const float *y = dy + r * O + o0;
         const vf y0 = *(const vf *)y, y1 = *(const vf *)(y + VL), y2 = *(const vf *)(y + 2 * VL),
                  y3 = *(const vf *)(y + 3 * VL);
@@ -62,15 +62,15 @@ static inline void add_outer_ld(int rows, const float *restrict in, int ld, int 
 }
 
 /* G += in^T @ dy for in (rows, K) contiguous. */
-static inline void add_outer(int rows, const float *restrict in, int K, const float *restrict dy, int O,
+static inline void add_outer(long rows, const float *restrict in, long K, const float *restrict dy, long O,
                              float *restrict G) {
   add_outer_ld(rows, in, K, K, dy, O, G);
 }
 
 /* g += column sums of dy (rows, O): a bias gradient. */
-static inline void add_colsum(int rows, const float *restrict dy, int O, float *restrict g) {
-  for (int r = 0; r < rows; r++)
-    for (int o = 0; o < O; o++) g[o] += dy[r * O + o];
+static inline void add_colsum(long rows, const float *restrict dy, long O, float *restrict g) {
+  for (long r = 0; r < rows; r++)
+    for (long o = 0; o < O; o++) g[o] += dy[r * O + o];
 }
 
 /* LayerNorm of one row x (D): xhat = (x - mean) * rstd, y = xhat * g + b; returns rstd. */

@@ -27,7 +27,7 @@ void info_nce_forward(long n4, long np, int threads, const float *a, const float
     #pragma omp for schedule(static)
     for (long i0 = 0; i0 < n4; i0 += 4) {
       float *rows = S + i0 * np;
-      matmul(4, a + i0 * D, D, bT, NULL, (int)np, rows);
+      matmul(4, a + i0 * D, D, bT, NULL, np, rows);
       for (int k = 0; k < 4; k++) {
         float row_sum = 0;
         const float wi = w[i0 + k];
@@ -57,13 +57,13 @@ void info_nce_backward(long n4, long np, int threads, float *S, const float *gr,
         const float gi = alpha * gr[i0 + k], wi = alpha * w[i0 + k];
         for (long j = 0; j < np; j++) s[j] *= gi * w[j] + gc[j] * wi;
       }
-      matmul(4, S + i0 * np, (int)np, b, NULL, D, da + i0 * D);
+      matmul(4, S + i0 * np, np, b, NULL, D, da + i0 * D);
     }
     /* db = G^T a, each thread its own block of columns of G (rows of db) */
     #pragma omp for schedule(static)
     for (long j0 = 0; j0 < np; j0 += 64) {
       memset(db + j0 * D, 0, sizeof(float) * 64 * D);
-      add_outer_ld((int)n4, S + j0, (int)np, 64, a, D, db + j0 * D);
+      add_outer_ld(n4, S + j0, np, 64, a, D, db + j0 * D);
     }
   }
 }
