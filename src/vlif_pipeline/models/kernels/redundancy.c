@@ -58,19 +58,20 @@ typedef struct {
   float d_score[NT][2][H], d_K[NT][2][D], d_V[NT][2][D], d_tok[NT][2][D], d_val[NT][2][D];
 } Scratch;
 
-/* Each thread's tile and scratch, allocated on its first call and kept: on the heap, as a wide
- * block's state outgrows a thread's stack, and kept, as fresh large blocks come from mmap and
- * page-fault on every call (7% of a training step). NULL when out of memory. */
+/* Each thread's tile and scratch, allocated on its first call and kept for the next: on the heap,
+ * as a wide block's state outgrows a thread's stack, and aligned to cache lines like the vectors
+ * read from them (malloc's 16-byte alignment split those loads: 6% of a training step). NULL when
+ * out of memory. */
 static __thread Tile *thread_tile;
 static __thread Scratch *thread_scratch;
 
 static Tile *get_tile(void) {
-  if (!thread_tile) thread_tile = malloc(sizeof(Tile));
+  if (!thread_tile) thread_tile = aligned_alloc(64, (sizeof(Tile) + 63) / 64 * 64);
   return thread_tile;
 }
 
 static Scratch *get_scratch(void) {
-  if (!thread_scratch) thread_scratch = malloc(sizeof(Scratch));
+  if (!thread_scratch) thread_scratch = aligned_alloc(64, (sizeof(Scratch) + 63) / 64 * 64);
   return thread_scratch;
 }
 
