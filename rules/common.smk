@@ -48,7 +48,10 @@ def code(*modules):
     files = [PKG / "io.py", PKG / "__main__.py"]
     for module in modules:
         target = PKG / module
-        files += sorted(f for f in target.iterdir() if f.suffix in (".py", ".c", ".h")) if target.is_dir() else [target]
+        if target.is_dir():
+            files += sorted(f for f in target.iterdir() if f.suffix in (".py", ".c", ".h"))
+        else:
+            files.append(target)
     return [str(f) for f in files]
 
 

@@ -90,8 +90,8 @@ class CrossModalBlock(_PreNormBlock):
     """One cross-modal transformer block: a node's query attends over the node's tokens of the other modality.
 
     query (n, d) is both the attention query and the residual stream; tokens (n, T, d); returns (n, d).
-    ``kernel``, when set (by VLIF's ``native``), computes the same block on float32 CPU tensors in
-    one fused pass forward and one backward (models/native.py).
+    ``kernel``, when VLIF sets it on a CPU, computes the same block on float32 CPU tensors in one
+    fused pass forward and one backward (models/native.py).
     """
 
     kernel: CrossBlockKernel | None = None
@@ -144,9 +144,9 @@ class RedundancyEncoder(_PreNormBlock):
     each is projected once, and each variant's attention weights CLS's, a vision and a text value
     without materialising (3, n, 3, d) sequences. As g is linear, r = g(mean of the F outputs):
     callers that need the three views only for a few rows (the contrastive loss's) project
-    :meth:`encode`'s output there and its mean everywhere, a third of g's work. ``kernel``, when set
-    (by VLIF's ``native``), computes the per-node part on float32 CPU tensors in one fused pass
-    forward and one backward (models/native.py).
+    :meth:`encode`'s output there and its mean everywhere, a third of g's work. ``kernel``, when VLIF
+    sets it on a CPU, computes the per-node part on float32 CPU tensors in one fused pass forward
+    and one backward (models/native.py).
     """
 
     kernel: RedundancyKernel | None = None
@@ -243,7 +243,7 @@ def _exp_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row sums S w and column sums w^T S (n,) of S = exp((a b^T - 1) / temperature) for a, b (n, d);
     w = ``weight`` (n,), or ones. On float32 CPU tensors by the C kernel (models/native.py)."""
-    if a.device.type == "cpu" and a.dtype == torch.float32:
+    if a.device.type == "cpu":  # never build a kernel for a GPU run; accepts() checks the rest
         kernel = native.info_nce_kernel(a.shape[1])
         if kernel is not None and kernel.accepts(a, b):
             return kernel(a, b, a.new_ones(a.shape[0]) if weight is None else weight, temperature)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from vlif_pipeline.models import native
 from vlif_pipeline.models.base import (
     Recommender,
     bpr_loss,
@@ -29,7 +30,6 @@ from vlif_pipeline.models.fusion import (
     info_nce,
     remove_component,
 )
-from vlif_pipeline.models import native
 from vlif_pipeline.models.propagation import layer_rows, propagate, propagate_rows, spmm, transpose
 
 if TYPE_CHECKING:

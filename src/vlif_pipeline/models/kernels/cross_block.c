@@ -14,7 +14,6 @@
  * results are deterministic for a given thread count.
  */
 #include <omp.h>
-#include <stdlib.h>
 
 #if D % 64 || F % 64 || D % H
 #error "D and F must be multiples of 64 and D of H"
@@ -53,22 +52,7 @@ typedef struct {
   float d_K[NT][T][D], d_V[NT][T][D], d_xn[NT][D], d_Xn[NT][T][D], d_Xv[NT][T][D];
 } Scratch;
 
-/* Each thread's tile and scratch, allocated on its first call and kept for the next: on the heap,
- * as a wide block's state outgrows a thread's stack, and aligned to cache lines like the vectors
- * read from them (malloc's 16-byte alignment split those loads: 6% of a training step). NULL when
- * out of memory. */
-static __thread Tile *thread_tile;
-static __thread Scratch *thread_scratch;
-
-static Tile *get_tile(void) {
-  if (!thread_tile) thread_tile = aligned_alloc(64, (sizeof(Tile) + 63) / 64 * 64);
-  return thread_tile;
-}
-
-static Scratch *get_scratch(void) {
-  if (!thread_scratch) thread_scratch = aligned_alloc(64, (sizeof(Scratch) + 63) / 64 * 64);
-  return thread_scratch;
-}
+static __thread void *tile_slot, *scratch_slot; /* see thread_buffer */
 
 /* Forward of `rows` nodes from x (rows, D), X (rows, T, D); writes out (rows, D) unless NULL. */
 static void tile_forward(int rows, const float *x, const float *X, const float *const *p, Tile *s, float *out) {
@@ -126,7 +110,7 @@ int cross_block_forward(long n, int threads, const float *const *inputs, const f
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = get_tile();
+    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
     if (!s) {
       #pragma omp atomic write
       failed = 1;
@@ -153,8 +137,8 @@ int cross_block_backward(long n, int threads, const float *const *inputs, const 
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = get_tile();
-    Scratch *z = get_scratch();
+    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
+    Scratch *z = thread_buffer(&scratch_slot, sizeof(Scratch));
     if (!s || !z) {
       #pragma omp atomic write
       failed = 1;

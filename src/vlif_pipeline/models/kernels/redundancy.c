@@ -13,7 +13,6 @@
  * -D: D = width, H = heads, F = feed-forward width (D and F multiples of 64, D of H).
  */
 #include <omp.h>
-#include <stdlib.h>
 
 #if D % 64 || F % 64 || D % H
 #error "D and F must be multiples of 64 and D of H"
@@ -58,22 +57,7 @@ typedef struct {
   float d_score[NT][2][H], d_K[NT][2][D], d_V[NT][2][D], d_tok[NT][2][D], d_val[NT][2][D];
 } Scratch;
 
-/* Each thread's tile and scratch, allocated on its first call and kept for the next: on the heap,
- * as a wide block's state outgrows a thread's stack, and aligned to cache lines like the vectors
- * read from them (malloc's 16-byte alignment split those loads: 6% of a training step). NULL when
- * out of memory. */
-static __thread Tile *thread_tile;
-static __thread Scratch *thread_scratch;
-
-static Tile *get_tile(void) {
-  if (!thread_tile) thread_tile = aligned_alloc(64, (sizeof(Tile) + 63) / 64 * 64);
-  return thread_tile;
-}
-
-static Scratch *get_scratch(void) {
-  if (!thread_scratch) thread_scratch = aligned_alloc(64, (sizeof(Scratch) + 63) / 64 * 64);
-  return thread_scratch;
-}
+static __thread void *tile_slot, *scratch_slot; /* see thread_buffer */
 
 /* Forward of `rows` nodes from in (rows, 2, D); writes out rows [start, start + rows) of each of
  * the three (n, D) variant planes unless out is NULL. */
@@ -138,7 +122,7 @@ int redundancy_forward(long n, int threads, const float *const *inputs, const fl
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = get_tile();
+    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
     if (!s) {
       #pragma omp atomic write
       failed = 1;
@@ -165,8 +149,8 @@ int redundancy_backward(long n, int threads, const float *const *inputs, const f
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = get_tile();
-    Scratch *z = get_scratch();
+    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
+    Scratch *z = thread_buffer(&scratch_slot, sizeof(Scratch));
     if (!s || !z) {
       #pragma omp atomic write
       failed = 1;
