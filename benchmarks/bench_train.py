@@ -5,8 +5,15 @@ interactions, 384-d text and visual features; graphs from the pipeline's own bui
 the trainer's epoch loop per model and one full evaluation of the validation split.
 
     flock /tmp/vlif-bench.lock python benchmarks/bench_train.py --out bench_train.json
+    python benchmarks/bench_train.py --models vlif --batch-size 1024 --native false   # PyTorch's ops only
+    python benchmarks/bench_train.py --models vlif --batch-size 1024 --isa x86-64-v3  # an AVX2 CPU's code
     python3 benchmarks/bench_train.py --device cuda        # writes $OUT/bench_train.json when OUT is set
     python3 benchmarks/bench_train.py --device cuda --steps both   # eager and CUDA-graph steps compared
+
+``--isa x86-64-v3`` runs what an AVX2 CPU runs, on an AVX-512 one: the C kernels built for that
+level, and PyTorch, MKL and oneDNN held to AVX2 (their environment variables are set and the
+script restarts itself, as they are read when torch loads). The JSON and the printed header name
+the CPU, its vector ISA, the kernels' build level and which path each kernel call site took.
 
 Needs numpy, scipy and torch only (no polars), so it runs on the GPU machine's bare Python.
 """
@@ -22,11 +29,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+# held to AVX2 with --isa x86-64-v3; read when torch loads, so set before the import (see main)
+ISA_ENV = {
+    "x86-64-v3": {
+        "VLIF_KERNEL_MARCH": "x86-64-v3",
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    },
+    "native": {},
+}
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from vlif_pipeline.models import build_model  # noqa: E402
+from vlif_pipeline.models import build_model, native  # noqa: E402
 from vlif_pipeline.training.data import TrainData, resolve_device  # noqa: E402
 from vlif_pipeline.training.evaluator import Evaluator  # noqa: E402
 from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
@@ -94,6 +112,22 @@ def time_evaluation(model: torch.nn.Module, evaluator: Evaluator, repeats: int) 
     return times[1:], cpu_times[1:]
 
 
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model, its widest vector ISA, its flags and what PyTorch dispatches to on it."""
+    flags: list[str] = []
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("flags"):
+            flags = line.split(":", 1)[1].split()
+            break
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "below AVX2"
+    return {
+        "model": native.cpu_model(),
+        "vector_isa": isa,
+        "flags": flags,
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -109,8 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the dataset (quick checks only)")
+    parser.add_argument("--native", choices=["auto", "true", "false"], default="auto", help="the C kernels' mode")
+    parser.add_argument("--isa", choices=sorted(ISA_ENV), default="native", help="see the module's docstring")
     parser.add_argument("--out", help="JSON results path (default $OUT/bench_train.json when OUT is set)")
     args = parser.parse_args(argv)
+    wanted = ISA_ENV[args.isa]
+    if any(os.environ.get(key) != value for key, value in wanted.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+    native.configure({"auto": "auto", "true": True, "false": False}[args.native])
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -129,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": (
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
         ),
+        "cpu": cpu_description(),
         "torch": torch.__version__,
         "dataset": {
             **shape, "n_train": int(data.train.nnz), "n_valid": int(data.valid.nnz), "seconds_to_build": build_seconds
@@ -171,7 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     eval_row = (f"{statistics.median(eval_times):.3f}", f"{statistics.median(eval_cpu):.3f}")
     rows.append(("evaluation (valid, lightgcn)", *eval_row))
 
+    results["compute"] = native.provenance()
+    cpu = results["cpu"]
     print(f"device: {results['device_name']}, torch {torch.__version__}, dataset {results['dataset']}")
+    print(
+        f"cpu: {cpu['model']} ({cpu['vector_isa']}); kernels built for -march={native.march()}, native "
+        f"{args.native}; PyTorch's CPU capability {cpu['torch_capability']}"
+    )
+    for _, note in native.take_notes():
+        print(f"  {note}")
+    print(f"  calibration: {results['compute']['calibration_seconds']} s in all")
     header = "seconds per epoch / per evaluation"
     width = max(len(header), *(len(r[0]) for r in rows))
     print(f"{header.ljust(width)}  wall    process CPU")

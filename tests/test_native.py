@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,13 +32,40 @@ DIM, HEADS, FFN = 64, 4, 64
 
 @pytest.fixture(autouse=True)
 def fresh_mode() -> Iterator[None]:
-    """Each test starts and ends with the default mode, an empty build cache and no pending notes."""
-    native.load.cache_clear()
-    native.configure("auto")
+    """Each test starts with the kernels required (so that every comparison runs them, whatever a
+    calibration would choose), an empty build cache, no verdicts and no pending notes; it ends in
+    the default mode."""
+    native._load.cache_clear()
+    native.configure(True)
+    native.forget_verdicts()
     native.take_notes()
     yield
-    native.load.cache_clear()
+    native._load.cache_clear()
+    native.forget_verdicts()
     native.configure("auto")
+
+
+def _level_runs_here(level: str) -> str | None:
+    """Why kernels built for ``level`` cannot be tested here, or None when they can."""
+    needs = {"native": None, "x86-64-v3": "avx2", "x86-64-v2": "sse4_2"}[level]
+    if needs is not None:
+        cpuinfo = Path("/proc/cpuinfo")
+        if platform.machine() != "x86_64" or not cpuinfo.exists() or needs not in cpuinfo.read_text().split():
+            return f"this CPU cannot run {level} code (no {needs})"
+    compiler = os.environ.get("CC", "cc")
+    probe = subprocess.run([compiler, f"-march={level}", "-x", "c", "-E", "-"], input="", capture_output=True)
+    return None if probe.returncode == 0 else f"{compiler} does not accept -march={level}"
+
+
+@pytest.fixture(params=["native", "x86-64-v3", "x86-64-v2"])
+def level(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ISA level the kernels are built for: this CPU's, AVX2 (8-float vectors) and SSE4.2 (4-float
+    vectors, the blocking ARM's NEON gets too). Each must give the same values and gradients."""
+    why = _level_runs_here(request.param)
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("VLIF_KERNEL_MARCH", request.param)
+    return request.param
 
 
 def randomise(module: torch.nn.Module) -> None:
@@ -73,7 +103,7 @@ def assert_same(a: Grads, b: Grads) -> None:
 
 
 @pytest.mark.parametrize(("n", "n_tokens"), [(37, 3), (16, 2), (5, 4)])
-def test_cross_block_kernel_equals_the_module(n: int, n_tokens: int) -> None:
+def test_cross_block_kernel_equals_the_module(n: int, n_tokens: int, level: str) -> None:
     """Values and every gradient, for node counts that do and do not fill the 16-node tiles."""
     block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
     randomise(block)
@@ -85,7 +115,7 @@ def test_cross_block_kernel_equals_the_module(n: int, n_tokens: int) -> None:
 
 
 @pytest.mark.parametrize("n", [37, 16, 1])
-def test_redundancy_kernel_equals_the_module(n: int) -> None:
+def test_redundancy_kernel_equals_the_module(n: int, level: str) -> None:
     encoder = RedundancyEncoder(DIM, HEADS, FFN, 0.01)
     randomise(encoder)
     v, t = torch.randn(n, DIM, requires_grad=True), torch.randn(n, DIM, requires_grad=True)
@@ -95,7 +125,7 @@ def test_redundancy_kernel_equals_the_module(n: int) -> None:
 
 
 @pytest.mark.parametrize(("n", "keep"), [(1024, True), (575, False), (37, True), (1, False)])
-def test_info_nce_kernel_equals_torch(n: int, keep: bool) -> None:
+def test_info_nce_kernel_equals_torch(n: int, keep: bool, level: str) -> None:
     """Row counts that fill the 4-row and 64-column blocks and ones that are padded; masked rows."""
     torch.manual_seed(0)
     a, b = torch.randn(n, DIM, requires_grad=True), torch.randn(n, DIM, requires_grad=True)
@@ -120,7 +150,7 @@ def test_info_nce_kernel_backward_runs_once() -> None:
         rows.sum().backward()
 
 
-def test_a_strided_upstream_gradient_is_read_correctly() -> None:
+def test_a_strided_upstream_gradient_is_read_correctly(level: str) -> None:
     block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
     randomise(block)
     query, tokens = torch.randn(40, DIM, requires_grad=True), torch.randn(40, 3, DIM, requires_grad=True)
@@ -158,7 +188,7 @@ def vlif_pair(**params: object) -> tuple[VLIF, VLIF]:
 
 
 @pytest.mark.parametrize("restrict", [True, False])
-def test_vlif_with_kernels_equals_vlif_without(restrict: bool) -> None:
+def test_vlif_with_kernels_equals_vlif_without(restrict: bool, level: str) -> None:
     fused, plain = vlif_pair(restrict=restrict)
     assert fused.redundancy.kernel is not None and plain.redundancy.kernel is None
     users, pos, neg = batch(size=16)
@@ -180,7 +210,7 @@ def test_vlif_with_kernels_equals_vlif_without(restrict: bool) -> None:
 
 
 @pytest.mark.parametrize("width", [64, 192, 40, 1])
-def test_spmm_kernel_equals_torch(width: int) -> None:
+def test_spmm_kernel_equals_torch(width: int, level: str) -> None:
     """Widths with 64-float blocks, 16-float blocks and a scalar remainder; empty rows; repeated columns."""
     rng = np.random.default_rng(0)
     matrix = sp.random(300, 200, density=0.03, random_state=0, dtype=np.float32, format="lil")
@@ -220,7 +250,7 @@ def test_kernels_are_built_once_into_the_cache(monkeypatch, tmp_path: Path) -> N
     kernel = RedundancyKernel(DIM, HEADS, FFN)
     assert kernel.path.parent == tmp_path / "vlif_pipeline" / "kernels"
     built = kernel.path.stat().st_mtime_ns
-    native.load.cache_clear()
+    native._load.cache_clear()
     assert RedundancyKernel(DIM, HEADS, FFN).path.stat().st_mtime_ns == built, "rebuilt"
     assert [p.name for p in kernel.path.parent.iterdir()] == [kernel.path.name], "leftover build files"
 
@@ -266,7 +296,7 @@ def test_building_vlif_notes_every_kernel_it_uses() -> None:
         assert f"/{name}-" in notes, name
 
 
-def test_a_wide_block_runs_and_matches() -> None:
+def test_a_wide_block_runs_and_matches(level: str) -> None:
     """d 128, feed-forward 512: the tile state (on the heap) is several times the default one."""
     block = CrossModalBlock(128, 8, 512, 0.01)
     randomise(block)
@@ -320,5 +350,141 @@ def test_a_damaged_cache_file_is_rebuilt(monkeypatch, tmp_path: Path) -> None:
     damaged.parent.mkdir(parents=True)
     damaged.write_bytes(b"")  # e.g. a crash that left an empty file (not one this process has loaded)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "second"))
-    native.load.cache_clear()
+    native._load.cache_clear()
     assert RedundancyKernel(DIM, HEADS, FFN).path == damaged and damaged.stat().st_size > 0
+
+
+class FakeTimer:
+    """Stands in for native.measure: returns fixed timings and counts its calls."""
+
+    def __init__(self, kernel_seconds: float, torch_seconds: float) -> None:
+        self.verdict = native.Verdict(kernel_seconds, torch_seconds)
+        self.calls = 0
+
+    def __call__(self, kernel_run: Callable[[], object], torch_run: Callable[[], object]) -> native.Verdict:
+        self.calls += 1
+        return self.verdict
+
+
+def count_kernel_calls(monkeypatch: pytest.MonkeyPatch, kernel_class: type) -> list[int]:
+    calls = [0]
+    original = kernel_class.__call__
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(kernel_class, "__call__", counted)
+    return calls
+
+
+@pytest.mark.parametrize(("kernel_seconds", "used"), [(2.0, False), (0.5, True)])
+def test_auto_keeps_a_kernel_only_where_its_calibration_found_it_faster(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kernel_seconds: float, used: bool
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "measure", FakeTimer(kernel_seconds, 1.0))
+    calls = count_kernel_calls(monkeypatch, CrossBlockKernel)
+    block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
+    randomise(block)
+    query, tokens = torch.randn(40, DIM, requires_grad=True), torch.randn(40, 3, DIM, requires_grad=True)
+    expected = gradients(block, [query, tokens], lambda: block(query, tokens))
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    native.configure("auto")
+    assert_same(gradients(block, [query, tokens], lambda: block(query, tokens)), expected)
+    assert (calls[0] > 0) is used
+    path = native.provenance()["paths"]["cross_block forward+backward"]  # type: ignore[index]
+    assert path["path"] == ("kernel" if used else "pytorch")
+    assert path["verdicts"] == [{"shape": [64], "kernel_ms": kernel_seconds * 1e3, "pytorch_ms": 1000.0}]
+    notes = " ".join(message for _, message in native.take_notes())
+    assert f"kernel {kernel_seconds * 1e3:.2f} ms, PyTorch 1000.00 ms" in notes
+    assert ("using the kernel" if used else "using PyTorch's ops") in notes
+
+
+def test_a_slower_kernel_is_left_out_of_a_whole_training_step(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under auto with every kernel measured slower, a VLIF step runs none of them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "measure", FakeTimer(2.0, 1.0))
+    counts = {cls: count_kernel_calls(monkeypatch, cls) for cls in (CrossBlockKernel, RedundancyKernel, SpmmKernel)}
+    native.configure("auto")
+    model = VLIF(tiny_data(), {"embedding_dim": DIM})
+    assert model.redundancy.kernel is not None, "built, and then measured"
+    model.loss(*batch(size=16))["loss"].backward()
+    assert {cls.__name__: count[0] for cls, count in counts.items()} == {
+        "CrossBlockKernel": 0, "RedundancyKernel": 0, "SpmmKernel": 0
+    }
+    assert {site: used["path"] for site, used in native.provenance()["paths"].items()} == {  # type: ignore[union-attr]
+        "spmm forward": "pytorch",
+        "cross_block forward+backward": "pytorch",
+        "redundancy forward+backward": "pytorch",
+        "infonce forward+backward": "pytorch",
+    }
+
+
+def test_required_kernels_are_never_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    timer = FakeTimer(2.0, 1.0)
+    monkeypatch.setattr(native, "measure", timer)
+    calls = count_kernel_calls(monkeypatch, CrossBlockKernel)
+    block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    block(torch.randn(8, DIM), torch.randn(8, 3, DIM))
+    assert timer.calls == 0 and calls[0] == 1
+
+
+def measured_once_more(block: CrossModalBlock, timer: FakeTimer) -> bool:
+    """Whether a call of the block in a new process (no verdicts in memory) measures again."""
+    native.forget_verdicts()
+    before = timer.calls
+    block(torch.randn(8, DIM), torch.randn(8, 3, DIM))
+    return timer.calls > before
+
+
+def calibrated_block(monkeypatch: pytest.MonkeyPatch, cache: Path) -> tuple[CrossModalBlock, FakeTimer]:
+    """A block with its kernel under auto, verdicts cached in ``cache`` and timed by a FakeTimer."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    timer = FakeTimer(0.5, 1.0)
+    monkeypatch.setattr(native, "measure", timer)
+    native.configure("auto")
+    block = CrossModalBlock(DIM, HEADS, FFN, 0.01)
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    return block, timer
+
+
+def test_verdicts_are_cached_by_cpu_and_kernel_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    block, timer = calibrated_block(monkeypatch, tmp_path / "cache")
+    assert measured_once_more(block, timer)
+    assert not measured_once_more(block, timer), "the cached verdict is used"
+    block(torch.randn(200, DIM), torch.randn(200, 3, DIM))
+    assert timer.calls == 2, "another size class is measured"
+
+    monkeypatch.setattr(native, "_cpu_identity", lambda: "model name : another CPU\nflags : sse2")
+    native._load.cache_clear()
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    assert measured_once_more(block, timer), "another CPU"
+
+    sources = tmp_path / "kernels"
+    shutil.copytree(native.KERNEL_DIR, sources)
+    with (sources / "cross_block.c").open("a") as source:
+        source.write("/* an edit */\n")
+    monkeypatch.setattr(native, "KERNEL_DIR", sources)
+    native._load.cache_clear()
+    block.kernel = CrossBlockKernel(DIM, 3, HEADS, FFN)
+    assert measured_once_more(block, timer), "other kernel sources"
+    assert not measured_once_more(block, timer)
+
+
+@pytest.mark.parametrize("damage", ["", "{not json", '{"kernel_seconds": "x"}', '{"torch_seconds": 1.0}'])
+def test_a_damaged_verdict_is_measured_again(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, damage: str) -> None:
+    block, timer = calibrated_block(monkeypatch, tmp_path)
+    assert measured_once_more(block, timer)
+    (saved,) = (tmp_path / "vlif_pipeline" / "kernels" / "verdicts").iterdir()
+    saved.write_text(damage)
+    assert measured_once_more(block, timer)
+    assert native._read_verdict(saved) == timer.verdict, "written again"
+
+
+def test_measure_times_both_paths_alternately() -> None:
+    order: list[str] = []
+    verdict = native.measure(lambda: order.append("k"), lambda: order.append("t"))
+    assert order == ["k", "t", "k", "t", "t", "k", "k", "t"]
+    assert verdict.kernel_seconds >= 0 and verdict.torch_seconds >= 0

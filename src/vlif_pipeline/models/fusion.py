@@ -7,6 +7,7 @@ the number of nodes, d for the embedding width and T = L + 1 for the per-layer t
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from vlif_pipeline.models import native
 from vlif_pipeline.models.base import normalize_rows, row_norm
 
 if TYPE_CHECKING:
-    from vlif_pipeline.models.native import CrossBlockKernel, RedundancyKernel
+    from vlif_pipeline.models.native import CrossBlockKernel, InfoNceKernel, RedundancyKernel
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -97,8 +98,14 @@ class CrossModalBlock(_PreNormBlock):
     kernel: CrossBlockKernel | None = None
 
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        if self.kernel is not None and self.kernel.accepts(query, tokens):
-            return self.kernel(self, query, tokens)
+        kernel = self.kernel
+        if kernel is not None and kernel.accepts(query, tokens):
+            run_kernel = functools.partial(kernel, self)
+            if kernel.wins(run_kernel, self._forward_torch, [query, tokens], list(self.parameters())):
+                return run_kernel(query, tokens)
+        return self._forward_torch(query, tokens)
+
+    def _forward_torch(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         q = self.query(self.norm_attn(query))
         keys, values = self.keys_values(self.norm_attn(tokens))
         return self.finish(query, attend(q, keys, values, self.n_heads))
@@ -166,19 +173,35 @@ class RedundancyEncoder(_PreNormBlock):
 
     def encode(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v, t (n, d) -> stacked (3, n, d): F's CLS outputs for [v, t], [v, MASK_t], [MASK_v, t], before g."""
-        n, dim = v.shape
+        kernel = self.kernel
+        if kernel is not None and kernel.accepts(v, t):
+            run_kernel = functools.partial(self._encode_kernel, kernel)
+            if kernel.wins(run_kernel, self._encode_torch, [v, t], list(self.parameters())):
+                return run_kernel(v, t)
+        return self._encode_torch(v, t)
+
+    def _fixed(self, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every node shares: CLS's query (H, c), and the scaled scores (3, H) and values
+        (3, H, c) of CLS, MASK_v and MASK_t."""
         heads = (self.n_heads, dim // self.n_heads)
         query = self.query(self.norm_attn(self.cls)).view(heads)  # (H, c)
         fixed = self.norm_attn(torch.cat([self.cls, self.masks + self.modality]))  # (3, d): CLS, MASK_v, MASK_t
         fixed_keys, fixed_values = self.key_value(fixed).unflatten(-1, (2, *heads)).unbind(-3)  # (3, H, c)
-        scale = heads[1] ** -0.5
-        fixed_scores = (fixed_keys * query).sum(-1) * scale  # (3, H)
+        return query, (fixed_keys * query).sum(-1) * heads[1] ** -0.5, fixed_values
+
+    def _encode_kernel(self, kernel: RedundancyKernel, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        query, fixed_scores, fixed_values = self._fixed(v.shape[1])
         real = torch.stack([v, t], dim=1) + self.modality  # (n, 2, d): vision, text
-        if self.kernel is not None and self.kernel.accepts(v, t):
-            return self.kernel(self, real, query.flatten(), fixed_scores, fixed_values.flatten(1))
+        return kernel(self, real, query.flatten(), fixed_scores, fixed_values.flatten(1))
+
+    def _encode_torch(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n, dim = v.shape
+        heads = (self.n_heads, dim // self.n_heads)
+        query, fixed_scores, fixed_values = self._fixed(dim)
+        real = torch.stack([v, t], dim=1) + self.modality  # (n, 2, d): vision, text
         real_keys, real_values = (x.unflatten(-1, heads) for x in self.keys_values(self.norm_attn(real)))
         # unbind, not indexing: one stack in the backward instead of a zero-filled (n, 2, H, c) per use
-        real_scores = ((real_keys * query).sum(-1) * scale).unbind(1)  # 2 x (n, H): vision, text
+        real_scores = ((real_keys * query).sum(-1) * heads[1] ** -0.5).unbind(1)  # 2 x (n, H): vision, text
         real_values = real_values.unbind(1)  # 2 x (n, H, c)
         fixed_scores = fixed_scores.unsqueeze(1).expand(3, n, heads[0])  # (3, n, H)
         attended = []
@@ -246,7 +269,22 @@ def _exp_sums(
     if a.device.type == "cpu":  # never build a kernel for a GPU run; accepts() checks the rest
         kernel = native.info_nce_kernel(a.shape[1])
         if kernel is not None and kernel.accepts(a, b):
-            return kernel(a, b, a.new_ones(a.shape[0]) if weight is None else weight, temperature)
+            w = a.new_ones(a.shape[0]) if weight is None else weight
+            run_kernel = functools.partial(_kernel_exp_sums, kernel, w, temperature)
+            if kernel.wins(run_kernel, functools.partial(_torch_exp_sums, w, temperature), [a, b]):
+                return run_kernel(a, b)
+    return _torch_exp_sums(weight, temperature, a, b)
+
+
+def _kernel_exp_sums(
+    kernel: InfoNceKernel, weight: torch.Tensor, temperature: float, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return kernel(a, b, weight, temperature)
+
+
+def _torch_exp_sums(
+    weight: torch.Tensor | None, temperature: float, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     # (cos - 1) / temperature by one GEMM (alpha, and a broadcast shift as its input), then exp in
     # place: two passes over the (n, n) matrix instead of four
     shift = a.new_full((1, 1), -1.0 / temperature)  # a fill, not a host copy: safe in a CUDA graph

@@ -9,8 +9,13 @@ keyed by the sources, the flags, the compiler and the CPU, so a cluster's shared
 never hands one node's binary to a different CPU.
 
 One process-wide mode (:func:`configure`, the trainer's ``native`` setting) decides: ``auto`` uses
-a kernel when it builds and otherwise PyTorch's ops, with a warning; ``true`` makes a failed build
-an error; ``false`` never uses them. :func:`take_notes` returns what was chosen, for the log.
+a kernel only where it builds and is measured faster than PyTorch's ops on this CPU at the call's
+shape (:func:`kernel_wins`), and otherwise PyTorch's ops; ``true`` always uses the kernels and makes
+a failed build an error; ``false`` never uses them. :func:`take_notes` returns what was chosen, for
+the log, and :func:`provenance` what ran, for a run's metrics.
+
+Why measure: the same C code that halves a VLIF step on one CPU was 9x slower than PyTorch on
+another (docs/benchmarks.md); a verdict is measured once per CPU, build and shape and cached.
 """
 
 from __future__ import annotations
@@ -18,13 +23,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import logging
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -38,14 +47,14 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 # infinity keep their meaning, so a diverging run still shows a NaN loss. Linking happens in a
 # separate step without it: a shared object linked with -ffast-math would set flush-to-zero for
 # the whole process when loaded (crtfastmath.o, GCC 12).
-COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC")
+COMPILE_FLAGS = ("-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fPIC")
 LINK_FLAGS = ("-shared", "-fopenmp")
 
 
 MODES = ("auto", True, False)
 K = TypeVar("K")
 _mode: str | bool = "auto"
-_notes: list[tuple[int, str]] = []  # (logging level, message) of each build, until taken
+_notes: list[tuple[int, str]] = []  # (logging level, message) of each build and verdict, until taken
 
 
 class NativeUnavailable(RuntimeError):
@@ -58,6 +67,7 @@ def configure(mode: str | bool) -> None:
     if mode not in MODES:
         raise ValueError(f"native must be 'auto', true or false, got {mode!r}")
     _mode = mode
+    _used.clear()
     spmm_kernel.cache_clear()
     info_nce_kernel.cache_clear()
 
@@ -73,7 +83,7 @@ def build(factory: Callable[[], K]) -> K | None:
             raise
         _notes.append((logging.WARNING, f"{err}; using PyTorch's ops instead (slower)"))
         return None
-    _notes.append((logging.INFO, f"using the CPU kernel {kernel.path}"))  # type: ignore[attr-defined]
+    _notes.append((logging.INFO, f"built the CPU kernel {kernel.path}"))  # type: ignore[attr-defined]
     return kernel
 
 
@@ -88,6 +98,23 @@ def take_notes() -> list[tuple[int, str]]:
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vlif_pipeline" / "kernels"
+
+
+def march() -> str:
+    """The ISA level the kernels are built for: ``$VLIF_KERNEL_MARCH``, default ``native`` (this CPU).
+
+    A named level such as ``x86-64-v3`` (AVX2 + FMA) lets an AVX-512 machine build and measure
+    the kernels another CPU would run.
+    """
+    return os.environ.get("VLIF_KERNEL_MARCH", "native")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for logs and provenance."""
+    for line in _cpu_identity().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def _cpu_identity() -> str:
@@ -106,17 +133,22 @@ def _run(command: list[str], what: str) -> None:
         raise NativeUnavailable(f"{what} failed ({' '.join(command)}):\n{done.stderr.strip()[-2000:]}")
 
 
-@functools.cache
 def load(name: str, defines: tuple[tuple[str, int], ...]) -> tuple[Path, ctypes.CDLL]:
-    """The kernel library ``kernels/<name>.c`` built with ``-D<key>=<value>`` for each of ``defines``.
+    """The kernel library ``kernels/<name>.c`` built with ``-D<key>=<value>`` for each of ``defines``,
+    for the ISA level :func:`march`.
 
     Returns the library's path and its handle.
     """
+    return _load(name, defines, march())
+
+
+@functools.cache
+def _load(name: str, defines: tuple[tuple[str, int], ...], level: str) -> tuple[Path, ctypes.CDLL]:
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         raise NativeUnavailable(f"no C compiler {compiler!r} on PATH (set CC to another one)")
     source = KERNEL_DIR / f"{name}.c"
-    flags = [*COMPILE_FLAGS, *(f"-D{key}={value}" for key, value in defines)]
+    flags = [*COMPILE_FLAGS, f"-march={level}", *(f"-D{key}={value}" for key, value in defines)]
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     sources = [path.read_text() for path in sorted(KERNEL_DIR.iterdir()) if path.suffix in (".c", ".h")]
     key = hashlib.sha256("\0".join([*sources, *flags, *LINK_FLAGS, version, _cpu_identity()]).encode())
@@ -163,11 +195,197 @@ def _check_status(status: int, what: str) -> None:
         raise MemoryError(f"the {what} kernel could not allocate its per-thread buffers")
 
 
-class SpmmKernel:
+CALIBRATION_CALLS = 3  # timed calls per path, after one untimed call each
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Median seconds per call of a kernel and of the PyTorch ops it replaces, at one shape."""
+
+    kernel_seconds: float
+    torch_seconds: float
+
+    @property
+    def use_kernel(self) -> bool:
+        return self.kernel_seconds < self.torch_seconds
+
+
+_verdicts: dict[tuple[str, str, tuple[int, ...], int], Verdict] = {}  # this process's, by call site
+_used: dict[str, dict[str, object]] = {}  # what ran, by kernel call site, for provenance()
+_calibration = [0.0]  # seconds this process spent in measure()
+
+
+def size_class(n: int) -> int:
+    """n rounded up to a power of two: calls whose sizes differ by less than 2x share a verdict."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def measure(kernel_run: Callable[[], object], torch_run: Callable[[], object]) -> Verdict:
+    """Time both paths: one untimed call each (lazy allocations), then :data:`CALIBRATION_CALLS`
+    calls each, alternating which goes first so that drift on a shared machine hits both alike."""
+    began = time.perf_counter()
+    kernel_run()
+    torch_run()
+    times: dict[Callable[[], object], list[float]] = {kernel_run: [], torch_run: []}
+    for k in range(CALIBRATION_CALLS):
+        for run in (kernel_run, torch_run) if k % 2 == 0 else (torch_run, kernel_run):
+            started = time.perf_counter()
+            run()
+            times[run].append(time.perf_counter() - started)
+    _calibration[0] += time.perf_counter() - began
+    return Verdict(statistics.median(times[kernel_run]), statistics.median(times[torch_run]))
+
+
+def _verdict_path(library: Path, site: str, shape: tuple[int, ...], threads: int) -> Path:
+    """Where a verdict is cached: keyed by the library (its name hashes the kernel sources, flags,
+    ISA level, compiler and CPU), the call site and shape, the thread count and PyTorch's build and
+    ISA level (the other side of the comparison)."""
+    key = json.dumps(
+        [library.name, site, shape, threads, torch.__version__, torch.backends.cpu.get_cpu_capability()]
+    )
+    return cache_dir() / "verdicts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _read_verdict(path: Path) -> Verdict | None:
+    """The cached verdict, or None when there is none or it is damaged (then it is measured again)."""
+    try:
+        saved = json.loads(path.read_text())
+        verdict = Verdict(float(saved["kernel_seconds"]), float(saved["torch_seconds"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return verdict if verdict.kernel_seconds >= 0 and verdict.torch_seconds >= 0 else None
+
+
+def _write_verdict(path: Path, verdict: Verdict, site: str, shape: tuple[int, ...]) -> None:
+    record = {**asdict(verdict), "site": site, "shape": shape, "cpu": cpu_model(), "march": march()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            tmp.write(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp.name, path)
+    except OSError as err:  # a read-only cache costs a measurement per process, nothing else
+        _notes.append((logging.WARNING, f"cannot cache the kernel verdict in {path.parent}: {err}"))
+
+
+def forget_verdicts() -> None:
+    """Drop this process's verdicts (not the cached ones): the next call of each site looks again."""
+    _verdicts.clear()
+
+
+def kernel_wins(
+    library: Path, site: str, shape: tuple[int, ...], kernel_run: Callable[[], object], torch_run: Callable[[], object]
+) -> bool:
+    """Whether a kernel call at ``site`` (e.g. ``cross_block forward+backward``) with sizes ``shape``
+    should run the kernel: always under ``true``; under ``auto`` when measured faster than PyTorch.
+
+    The verdict comes from this process's memory, else from the cache, else from :func:`measure`
+    of ``kernel_run`` and ``torch_run`` (which run the call both ways), and is noted for the log.
+    """
+    if _mode is True:
+        _used.setdefault(site, {"path": "kernel", "chosen_by": "native: true"})
+        return True
+    threads = torch.get_num_threads()
+    key = (str(library), site, shape, threads)
+    verdict = _verdicts.get(key)
+    if verdict is None:
+        path = _verdict_path(library, site, shape, threads)
+        verdict = _read_verdict(path)
+        origin = "cached"
+        if verdict is None:
+            verdict, origin = measure(kernel_run, torch_run), "measured"
+            _write_verdict(path, verdict, site, shape)
+        _verdicts[key] = verdict
+        choice = "the kernel" if verdict.use_kernel else "PyTorch's ops"
+        _notes.append(
+            (
+                logging.INFO,
+                f"{site} at sizes {shape}, {threads} threads: kernel {verdict.kernel_seconds * 1e3:.2f} ms, "
+                f"PyTorch {verdict.torch_seconds * 1e3:.2f} ms per call ({origin}): using {choice}",
+            )
+        )
+    record = _used.setdefault(site, {"path": None, "chosen_by": "measured (native: auto)", "verdicts": []})
+    if verdict.use_kernel or record["path"] is None:
+        record["path"] = "kernel" if verdict.use_kernel else "pytorch"
+    entry = {"shape": list(shape), "kernel_ms": round(verdict.kernel_seconds * 1e3, 3),
+             "pytorch_ms": round(verdict.torch_seconds * 1e3, 3)}
+    if entry not in record["verdicts"]:  # type: ignore[operator]
+        record["verdicts"].append(entry)  # type: ignore[union-attr]
+    return verdict.use_kernel
+
+
+def _timed_call(
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+    inputs: Sequence[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    backward: bool,
+) -> Callable[[], None]:
+    """A call of ``fn(*inputs)`` as training makes it, for :func:`measure`: with ``backward``, also
+    the gradients of its outputs' sum to the inputs and ``params``, on detached copies of the inputs
+    and without touching any ``.grad``."""
+
+    def run() -> None:
+        with torch.set_grad_enabled(backward):
+            copies = [x.detach().requires_grad_(backward) for x in inputs]
+            out = fn(*copies)
+            if backward:
+                outs = out if isinstance(out, tuple) else (out,)
+                total = torch.stack([o.sum() for o in outs]).sum()
+                torch.autograd.grad(total, [*copies, *params], allow_unused=True)
+
+    return run
+
+
+class _Library:
+    """A built kernel library ``kernels/<name>.c``, and the choice between it and PyTorch's ops."""
+
+    def __init__(self, name: str, defines: dict[str, int]) -> None:
+        self.name = name
+        self.path, self.lib = load(name, tuple(defines.items()))
+
+    def wins(
+        self,
+        kernel_fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+        torch_fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+        inputs: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor] = (),
+        sizes: tuple[int, ...] | None = None,
+        backward: bool | None = None,
+    ) -> bool:
+        """Whether ``kernel_fn(*inputs)`` should run rather than ``torch_fn(*inputs)`` (:func:`kernel_wins`).
+
+        Timed as training uses them: forward and backward (to the inputs and ``params``) when
+        ``backward``, by default when gradients are enabled. ``sizes`` default: the inputs' first
+        dimension, rounded by :func:`size_class`.
+        """
+        backward = torch.is_grad_enabled() if backward is None else backward
+        site = f"{self.name} {'forward+backward' if backward else 'forward'}"
+        shape = sizes if sizes is not None else (size_class(inputs[0].shape[0]),)
+        return kernel_wins(
+            self.path,
+            site,
+            shape,
+            _timed_call(kernel_fn, inputs, params, backward),
+            _timed_call(torch_fn, inputs, params, backward),
+        )
+
+
+def provenance() -> dict[str, object]:
+    """What ran in this process: the CPU, the mode, the kernels' ISA level and, per kernel call site,
+    whether the kernel or PyTorch's ops ran (``kernel`` if the kernel ran at any shape) and why."""
+    return {
+        "cpu": cpu_model(),
+        "native": _mode,
+        "march": march(),
+        "calibration_seconds": round(_calibration[0], 3),
+        "paths": {k: dict(v) for k, v in _used.items()},
+    }
+
+
+class SpmmKernel(_Library):
     """``kernels/spmm.c``: A x for a CSR matrix A (int64 indices) and a dense float32 x, without autograd."""
 
     def __init__(self) -> None:
-        self.path, self.lib = load("spmm", ())
+        super().__init__("spmm", {})
 
     def __call__(self, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
@@ -208,18 +426,20 @@ def sparse_mm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     ):
         kernel = spmm_kernel()
         if kernel is not None:
-            return kernel(adj, x)
+            sizes = (size_class(adj.shape[0]), size_class(adj.values().numel()), x.shape[1])
+            if kernel.wins(lambda y: kernel(adj, y), lambda y: torch.sparse.mm(adj, y), [x], sizes=sizes, backward=False):
+                return kernel(adj, x)
     return torch.sparse.mm(adj, x)
 
 
-class InfoNceKernel:
+class InfoNceKernel(_Library):
     """``kernels/infonce.c``: row and column sums of the InfoNCE exponentials, for width d."""
 
     def __init__(self, dim: int) -> None:
         if dim % 64:
             raise NativeUnavailable(f"the InfoNCE kernel needs embedding_dim a multiple of 64 (got {dim})")
         self.dim = dim
-        self.path, self.lib = load("infonce", (("D", dim),))
+        super().__init__("infonce", {"D": dim})
 
     def accepts(self, a: torch.Tensor, b: torch.Tensor) -> bool:
         """Whether a and b are what the kernel was built for: float32 CPU tensors (n, d) of one shape."""
@@ -289,7 +509,7 @@ def info_nce_kernel(dim: int) -> InfoNceKernel | None:
     return build(lambda: InfoNceKernel(dim))
 
 
-class _Kernel:
+class _Kernel(_Library):
     """One built kernel ``kernels/<name>.c``: ``<name>_forward``, ``<name>_backward``, ``<name>_grad_size``.
 
     The C side takes its inputs and its parameters as arrays of pointers (parameters in the order of
@@ -298,8 +518,7 @@ class _Kernel:
     """
 
     def __init__(self, name: str, defines: dict[str, int], transposed: tuple[int, ...]) -> None:
-        self.name = name
-        self.path, self.lib = load(name, tuple(defines.items()))
+        super().__init__(name, defines)
         getattr(self.lib, f"{name}_grad_size").restype = ctypes.c_long
         self.grad_size = int(getattr(self.lib, f"{name}_grad_size")())
         self.transposed = transposed

@@ -163,8 +163,7 @@ class Trainer:
             raise StageError(f"model {model_name!r}: {err}") from err
         except native.NativeUnavailable as err:
             raise StageError(f"native is true, but a CPU kernel is unavailable: {err}") from err
-        for level, note in native.take_notes():
-            logger.log(level, "%s", note)
+        self._log_native_notes()
         self.hparams = dict(self.model.hparams)
         self.fingerprint = _fingerprint(model_name, self.settings, self.hparams, data)
         batch = self.settings["eval_batch_size"]
@@ -240,6 +239,7 @@ class Trainer:
             if epoch == settings["max_epochs"] and not state["stopped_reason"]:
                 state["stopped_reason"] = "max_epochs"
             state["history"].append(record)
+            self._log_native_notes()  # the kernels' verdicts, measured at their first calls
             self._log_epoch(record, state)
             resumable = {"model": self.model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
             save_checkpoint(path, {**state, **resumable})
@@ -261,6 +261,10 @@ class Trainer:
         set_rng_state(saved.pop("rng"))
         self.logger.info("resumed from %s after epoch %d", path, saved["epoch"])
         return saved
+
+    def _log_native_notes(self) -> None:
+        for level, note in native.take_notes():
+            self.logger.log(level, "%s", note)
 
     def _log_epoch(self, record: dict[str, Any], state: dict[str, Any]) -> None:
         loss = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
@@ -284,6 +288,7 @@ class Trainer:
             "stopped_reason": stopped_reason,
             "seconds": round(seconds, 3),
             "device": str(self.data.device),
+            "compute": native.provenance(),  # the two training paths round differently: say which ran
             "n_users": self.data.n_users,
             "n_items": self.data.n_items,
             "n_eval_users": {"valid": self.valid_eval.n_users, "test": self.test_eval.n_users},

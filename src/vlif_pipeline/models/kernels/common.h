@@ -11,10 +11,9 @@
 __attribute__((simd("notinbranch"))) float erff(float);
 __attribute__((simd("notinbranch"))) float expf(float);
 
-#define EPS 1e-5f /* PyTorch's LayerNorm default */
-#define VL 16     /* floats per AVX-512 vector */
+#include "simd.h"
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));
+#define EPS 1e-5f /* PyTorch's LayerNorm default */
 
 /* The calling thread's buffer in *slot (a __thread pointer), allocated on its first call and kept
  * for the next: on the heap, as a wide block's tile state outgrows a thread's stack, and aligned
@@ -25,49 +24,50 @@ static inline void *thread_buffer(void **slot, size_t size) {
   return *slot;
 }
 
-/* out[r] = b + in[r] @ M for r < rows (a multiple of 4): in (rows, K), M (K, O); b may be NULL. */
+/* out[r] = b + in[r] @ M for r < rows (a multiple of RB): in (rows, K), M (K, O), O a multiple of
+ * BW; b may be NULL. */
 static inline void matmul(long rows, const float *restrict in, long K, const float *restrict M,
                           const float *restrict b, long O, float *restrict out) {
-  for (long r0 = 0; r0 < rows; r0 += 4)
-    for (long o0 = 0; o0 < O; o0 += 4 * VL) {
-      vf acc[4][4];
-      for (int j = 0; j < 4; j++) {
+  for (long r0 = 0; r0 < rows; r0 += RB)
+    for (long o0 = 0; o0 < O; o0 += BW) {
+      vf acc[RB][NB];
+      for (int j = 0; j < NB; j++) {
         vf init = {0};
         if (b) init = *(const vf *)(b + o0 + j * VL);
-        for (int r = 0; r < 4; r++) acc[r][j] = init;
+        for (int r = 0; r < RB; r++) acc[r][j] = init;
       }
       for (long i = 0; i < K; i++) {
         const float *w = M + i * O + o0;
-        const vf w0 = *(const vf *)w, w1 = *(const vf *)(w + VL), w2 = *(const vf *)(w + 2 * VL),
-                 w3 = *(const vf *)(w + 3 * VL);
-        for (int r = 0; r < 4; r++) {
+        vf wj[NB];
+        for (int j = 0; j < NB; j++) wj[j] = *(const vf *)(w + j * VL);
+        for (int r = 0; r < RB; r++) {
           const float a = in[(r0 + r) * K + i];
-          acc[r][0] += a * w0; acc[r][1] += a * w1; acc[r][2] += a * w2; acc[r][3] += a * w3;
+          for (int j = 0; j < NB; j++) acc[r][j] += a * wj[j];
         }
       }
-      for (int r = 0; r < 4; r++)
-        for (int j = 0; j < 4; j++) *(vf *)(out + (r0 + r) * O + o0 + j * VL) = acc[r][j];
+      for (int r = 0; r < RB; r++)
+        for (int j = 0; j < NB; j++) *(vf *)(out + (r0 + r) * O + o0 + j * VL) = acc[r][j];
     }
 }
 
 /* G += in^T @ dy, the weight gradient of matmul: in (rows, K) with rows ld floats apart, dy (rows, O),
- * G (K, O); K a multiple of 4, O of 64. */
+ * G (K, O); K a multiple of RB, O of BW. */
 static inline void add_outer_ld(long rows, const float *restrict in, long ld, long K, const float *restrict dy,
                                 long O, float *restrict G) {
-  for (long i0 = 0; i0 < K; i0 += 4)
-    for (long o0 = 0; o0 < O; o0 += 4 * VL) {
-      vf acc[4][4] = {{{0}}};
+  for (long i0 = 0; i0 < K; i0 += RB)
+    for (long o0 = 0; o0 < O; o0 += BW) {
+      vf acc[RB][NB] = {{{0}}};
       for (long r = 0; r < rows; r++) {
         const float *y = dy + r * O + o0;
-        const vf y0 = *(const vf *)y, y1 = *(const vf *)(y + VL), y2 = *(const vf *)(y + 2 * VL),
-                 y3 = *(const vf *)(y + 3 * VL);
-        for (int k = 0; k < 4; k++) {
+        vf yj[NB];
+        for (int j = 0; j < NB; j++) yj[j] = *(const vf *)(y + j * VL);
+        for (int k = 0; k < RB; k++) {
           const float a = in[r * ld + i0 + k];
-          acc[k][0] += a * y0; acc[k][1] += a * y1; acc[k][2] += a * y2; acc[k][3] += a * y3;
+          for (int j = 0; j < NB; j++) acc[k][j] += a * yj[j];
         }
       }
-      for (int k = 0; k < 4; k++)
-        for (int j = 0; j < 4; j++) *(vf *)(G + (i0 + k) * O + o0 + j * VL) += acc[k][j];
+      for (int k = 0; k < RB; k++)
+        for (int j = 0; j < NB; j++) *(vf *)(G + (i0 + k) * O + o0 + j * VL) += acc[k][j];
     }
 }
 

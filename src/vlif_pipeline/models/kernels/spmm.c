@@ -6,8 +6,9 @@
  */
 #include <omp.h>
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));
-#define VL 16
+#include "simd.h"
+
+#define SPAN (64 / VL) /* vectors per pass over a row's entries: 64 columns, every width's block */
 
 void spmm(long rows, long width, int threads, const long *crow, const long *col, const float *val,
           const float *x, float *out) {
@@ -15,20 +16,14 @@ void spmm(long rows, long width, int threads, const long *crow, const long *col,
   for (long r = 0; r < rows; r++) {
     float *dst = out + r * width;
     long o = 0;
-    for (; o + 4 * VL <= width; o += 4 * VL) {
-      vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    for (; o + 64 <= width; o += 64) {
+      vf acc[SPAN] = {{0}};
       for (long e = crow[r]; e < crow[r + 1]; e++) {
         const float w = val[e];
         const float *src = x + col[e] * width + o;
-        a0 += w * *(const vf *)src;
-        a1 += w * *(const vf *)(src + VL);
-        a2 += w * *(const vf *)(src + 2 * VL);
-        a3 += w * *(const vf *)(src + 3 * VL);
+        for (int j = 0; j < SPAN; j++) acc[j] += w * *(const vf *)(src + j * VL);
       }
-      *(vf *)(dst + o) = a0;
-      *(vf *)(dst + o + VL) = a1;
-      *(vf *)(dst + o + 2 * VL) = a2;
-      *(vf *)(dst + o + 3 * VL) = a3;
+      for (int j = 0; j < SPAN; j++) *(vf *)(dst + o + j * VL) = acc[j];
     }
     for (; o < width; o++) {
       float acc = 0;
