@@ -81,6 +81,10 @@ def test_cli_writes_the_contract_files(inputs: dict[str, Path], tmp_path: Path) 
     assert checkpoint["epoch"] == 3 and {"model", "optimizer", "rng", "best_model"} <= set(checkpoint)
     assert not list(out.glob(".*part"))
     assert "epoch 3" in (tmp_path / "train.log").read_text()
+    compute = metrics["compute"]
+    assert compute["cpu"] and compute["native"] == "auto" and compute["march"]
+    if shutil.which("cc"):  # LightGCN's sparse products: which path ran, and why
+        assert compute["paths"]["spmm forward"]["path"] in ("kernel", "pytorch")
 
 
 def test_popularity_is_evaluated_once(inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ import logging
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -195,7 +194,7 @@ def _check_status(status: int, what: str) -> None:
         raise MemoryError(f"the {what} kernel could not allocate its per-thread buffers")
 
 
-CALIBRATION_CALLS = 3  # timed calls per path, after one untimed call each
+CALIBRATION_CALLS = 2  # timed calls per path, after one untimed call each; the faster one counts
 
 
 @dataclass(frozen=True)
@@ -210,19 +209,20 @@ class Verdict:
         return self.kernel_seconds < self.torch_seconds
 
 
-_verdicts: dict[tuple[str, str, tuple[int, ...], int], Verdict] = {}  # this process's, by call site
+_verdicts: dict[tuple[str, str, int], Verdict] = {}  # this process's, by library, call site and threads
 _used: dict[str, dict[str, object]] = {}  # what ran, by kernel call site, for provenance()
 _calibration = [0.0]  # seconds this process spent in measure()
 
 
 def size_class(n: int) -> int:
-    """n rounded up to a power of two: calls whose sizes differ by less than 2x share a verdict."""
+    """n rounded up to a power of two: a cached verdict serves later runs whose sizes are within 2x."""
     return 1 << max(0, n - 1).bit_length()
 
 
 def measure(kernel_run: Callable[[], object], torch_run: Callable[[], object]) -> Verdict:
     """Time both paths: one untimed call each (lazy allocations), then :data:`CALIBRATION_CALLS`
-    calls each, alternating which goes first so that drift on a shared machine hits both alike."""
+    calls each, alternating which goes first so that drift on a shared machine hits both alike;
+    the fastest call of each counts (interruptions only ever add time)."""
     began = time.perf_counter()
     kernel_run()
     torch_run()
@@ -233,7 +233,7 @@ def measure(kernel_run: Callable[[], object], torch_run: Callable[[], object]) -
             run()
             times[run].append(time.perf_counter() - started)
     _calibration[0] += time.perf_counter() - began
-    return Verdict(statistics.median(times[kernel_run]), statistics.median(times[torch_run]))
+    return Verdict(min(times[kernel_run]), min(times[torch_run]))
 
 
 def _verdict_path(library: Path, site: str, shape: tuple[int, ...], threads: int) -> Path:
@@ -278,14 +278,16 @@ def kernel_wins(
     """Whether a kernel call at ``site`` (e.g. ``cross_block forward+backward``) with sizes ``shape``
     should run the kernel: always under ``true``; under ``auto`` when measured faster than PyTorch.
 
-    The verdict comes from this process's memory, else from the cache, else from :func:`measure`
-    of ``kernel_run`` and ``torch_run`` (which run the call both ways), and is noted for the log.
+    The first call of a site in a process decides for the process's later calls (a training run's
+    calls of one site differ in size by less than 2x, and each measurement costs a few steps): its
+    verdict comes from the cache for its sizes, else from :func:`measure` of ``kernel_run`` and
+    ``torch_run`` (which run the call both ways), and is noted for the log.
     """
     if _mode is True:
         _used.setdefault(site, {"path": "kernel", "chosen_by": "native: true"})
         return True
     threads = torch.get_num_threads()
-    key = (str(library), site, shape, threads)
+    key = (str(library), site, threads)
     verdict = _verdicts.get(key)
     if verdict is None:
         path = _verdict_path(library, site, shape, threads)
@@ -303,13 +305,13 @@ def kernel_wins(
                 f"PyTorch {verdict.torch_seconds * 1e3:.2f} ms per call ({origin}): using {choice}",
             )
         )
-    record = _used.setdefault(site, {"path": None, "chosen_by": "measured (native: auto)", "verdicts": []})
-    if verdict.use_kernel or record["path"] is None:
-        record["path"] = "kernel" if verdict.use_kernel else "pytorch"
-    entry = {"shape": list(shape), "kernel_ms": round(verdict.kernel_seconds * 1e3, 3),
-             "pytorch_ms": round(verdict.torch_seconds * 1e3, 3)}
-    if entry not in record["verdicts"]:  # type: ignore[operator]
-        record["verdicts"].append(entry)  # type: ignore[union-attr]
+        _used[site] = {
+            "path": "kernel" if verdict.use_kernel else "pytorch",
+            "chosen_by": f"{origin} (native: auto)",
+            "sizes": list(shape),
+            "kernel_ms": round(verdict.kernel_seconds * 1e3, 3),
+            "pytorch_ms": round(verdict.torch_seconds * 1e3, 3),
+        }
     return verdict.use_kernel
 
 
@@ -371,7 +373,7 @@ class _Library:
 
 def provenance() -> dict[str, object]:
     """What ran in this process: the CPU, the mode, the kernels' ISA level and, per kernel call site,
-    whether the kernel or PyTorch's ops ran (``kernel`` if the kernel ran at any shape) and why."""
+    whether the kernel or PyTorch's ops ran, and why."""
     return {
         "cpu": cpu_model(),
         "native": _mode,
