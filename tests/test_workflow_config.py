@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,18 @@ def test_real_dataset_plans_download_to_metrics_offline(workdir: Path) -> None:
     assert result.returncode == 0, out[-3000:]
     for rule in ("download", "ingest", "kcore", "images", "caption", "encode_captions", "train", "report_metrics"):
         assert f"rule {rule}:" in out or f"localrule {rule}:" in out, rule
+
+
+def test_the_venvs_snakemake_runs_jobs_without_the_venv_on_path(workdir: Path) -> None:
+    """`.venv/bin/snakemake ...` without activating the venv: each job must still run this
+    interpreter (the one with vlif_pipeline installed), not the first `python` on PATH."""
+    executable = Path(sys.executable).parent / "snakemake"
+    if not executable.exists():
+        pytest.skip(f"no snakemake script beside {sys.executable}")
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != executable.parent)
+    done = subprocess.run(
+        [str(executable), "--cores", "1", "results/demo/raw/truth.json"],
+        cwd=workdir, env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert (workdir / "results/demo/raw/truth.json").exists()
