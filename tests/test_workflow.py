@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def test_metrics_file_holds_results_stats_config_provenance(demo: Path) -> None:
     assert metrics["dataset_stats"]["n_users"] > 1000 and metrics["dataset_stats"]["n_items"] > 500
     assert metrics["config"]["vlm"]["model"] == "tiny-random"
     assert metrics["provenance"]["packages"]["torch"].startswith("2.")
+    compute = metrics["provenance"]["compute"]
+    assert compute["cpu"] and compute["native"] == "auto"
+    if shutil.which("cc"):  # which path each kernel call site took; without a compiler none is built
+        assert {"cross_block forward+backward", "spmm forward"} <= set(compute["paths"])
     assert any("captions are NOT meaningful" in note for note in metrics["notes"])
 
 

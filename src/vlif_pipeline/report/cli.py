@@ -63,8 +63,10 @@ def run_parts(path: Path) -> dict[str, str | None]:
         raise StageError(f"{path}: {err}") from None
 
 
-def provenance(device: str | None) -> dict[str, Any]:
-    """What produced the numbers: package versions, git commit, machine and device."""
+def provenance(device: str | None, compute: dict[str, Any] | None) -> dict[str, Any]:
+    """What produced the numbers: package versions, git commit, machine, device and, on a CPU,
+    the CPU model and which path (C kernels or PyTorch's ops) each kernel call site took: they
+    round differently, and the best epoch can move with them."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -84,6 +86,7 @@ def provenance(device: str | None) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
+        "compute": compute,
     }
 
 
@@ -117,7 +120,7 @@ def build_metrics(
         "stopped_reason": run.get("stopped_reason"),
         "dataset_stats": read_json(stats_path),
         "config": config,
-        "provenance": provenance(run.get("device")),
+        "provenance": provenance(run.get("device"), run.get("compute")),
         "notes": notes,
     }
     if ingest_path is not None and ingest_path.exists():
