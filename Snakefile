@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # Jobs run `python -m vlif_pipeline`: the interpreter running Snakemake comes first on their PATH,
 # so `.venv/bin/snakemake` works without activating the venv; a conda env (--sdm conda) puts its
 # own bin folder before this one when it is activated for a job.
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+os.environ.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 # envs/*.yaml install the package from here (conda builds them from copies in .snakemake/conda).
 os.environ.setdefault("VLIF_PIPELINE_ROOT", workflow.basedir)
 from vlif_pipeline import config as cfgmod  # noqa: E402

@@ -6,21 +6,22 @@ rule images:
         "results/{ds}/images/manifest.parquet",
     input:
         item_table="results/{ds}/kcore/items.parquet",
-        meta=lambda w: raw(w.ds, "meta"),
-        code=code("vision/images.py"),
+        meta=raw_file("meta"),
+        code=code("images"),
     params:
+        base_dir=raw_folder("meta"),
         cache="results/cache/images",
-        opts=lambda w: {key: C(w.ds)["images"][key] for key in ("timeout", "retries", "max_bytes")},
+        opts=settings("images", "timeout", "retries", "max_bytes"),
     threads: 4
     resources:
         # how fast, not what: a resource, so that changing it reruns nothing (params changes do)
-        image_fetches=lambda w: C(w.ds)["images"]["concurrency"],
+        image_fetches=setting("images", "concurrency"),
     log:
         "results/{ds}/logs/images.log",
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline images --items {input.item_table} --base-dir $(dirname {input.meta:q})"
+        "python -m vlif_pipeline images --items {input.item_table} --base-dir {params.base_dir:q}"
         " --cache-dir {params.cache} --out {output} --concurrency {resources.image_fetches}"
         " --timeout {params.opts[timeout]} --retries {params.opts[retries]}"
         " --max-bytes {params.opts[max_bytes]} > {log} 2>&1"
@@ -30,7 +31,7 @@ rule build_tiny_vlm:
     output:
         directory(TINY_VLM_DIR),
     input:
-        code=code("vision/tiny_model.py"),
+        code=code("build-tiny-vlm"),
     params:
         seed=config["seed"],
     log:
@@ -47,21 +48,18 @@ rule caption:
     input:
         manifest="results/{ds}/images/manifest.parquet",
         item_table="results/{ds}/kcore/items.parquet",
-        model=lambda w: vlm_inputs(w.ds),
-        code=code(
-            "vision/captioner.py", "vision/prompts.py", "vision/qwen_inputs.py", "vision/fast_generate.py",
-            "vision/fast_vision.py", "vision/tiny_model.py", "cuda_streams.py",
-        ),
+        model=vlm_inputs,
+        code=code("caption"),
     params:
         model=check_vlm,
         cache="results/cache/captions",
         # what the captions depend on (the prompt is in the file name); the batch size and GPU count
         # are resources, whose changes rerun nothing (params changes rerun the job and its dependants)
-        opts=lambda w: {key: C(w.ds)["vlm"][key] for key in ("max_new_tokens", "device", "engine", "no_image_policy")},
+        opts=settings("vlm", "max_new_tokens", "device", "engine", "no_image_policy"),
     threads: 8
     resources:
-        gpu=lambda w: C(w.ds)["vlm"]["gpus"],
-        vlm_batch_size=lambda w: C(w.ds)["vlm"]["batch_size"],
+        gpu=setting("vlm", "gpus"),
+        vlm_batch_size=setting("vlm", "batch_size"),
     log:
         "results/{ds}/logs/caption_{vlm}__{prompt}__{shard}of{n}.log",
     benchmark:
@@ -82,7 +80,7 @@ rule caption_gather:
         "results/{ds}/captions/{vlm}__{prompt}.parquet",
     input:
         shards=caption_shards,
-        code=code("vision/gather.py"),
+        code=code("caption-gather"),
     log:
         "results/{ds}/logs/caption_gather_{vlm}__{prompt}.log",
     conda:

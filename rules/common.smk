@@ -1,34 +1,31 @@
-"""Helpers shared by all rules: per-dataset configuration, file locations, code dependencies."""
+"""Helpers shared by all rules: per-dataset configuration, file locations, code dependencies.
+
+Each rule reads like a table (input, output, params, log, ...) and takes every value that
+depends on the configuration from a named helper here; no rule holds logic of its own.
+"""
 
 import json
+import re
 import shlex
 from urllib.parse import urlparse
 
-from vlif_pipeline.config import (
-    TINY_VLM,
-    VARIANT_PROMPT,
-    dataset_config,
-    is_url,
-    main_run,
-    parse_run_id,
-    run_id,
-    slug,
-    visual_variant,
-)
+from vlif_pipeline.codedeps import stage_sources
+from vlif_pipeline.config import TINY_VLM, dataset_config, is_url, main_run, mmrec_inter, run_id, slug
+from vlif_pipeline.config import parse_run_id, train_params as run_params, visual_variant
+from vlif_pipeline.registry import FUSIONS, PROMPTS, VARIANTS
 
-PKG = Path(workflow.basedir) / "src" / "vlif_pipeline"
 CPU_ENV = "../envs/cpu.yaml"
 GPU_ENV = "../envs/gpu.yaml"
 SYNTHETIC_FILES = {"reviews": "reviews.json.gz", "meta": "meta.json.gz", "image_features": "image_features.b"}
+MMREC_FEATURES = {"text": "text_feat.npy", "visual__original": "image_feat.npy"}  # ours -> the folder's
 TINY_VLM_DIR = f"results/models/{TINY_VLM}"
-SHARED_TRAIN_KEYS = ("learning_rate", "batch_size", "embedding_dim", "n_layers", "reg_weight", "max_epochs", "patience")
 
 
 wildcard_constraints:
     ds=r"[A-Za-z0-9_-]+",
     key=r"reviews|meta|image_features",
-    variant=r"vlm_title|vlm_plain|original",
-    prompt=r"title_cot|plain",
+    variant="|".join(VARIANTS),
+    prompt="|".join(PROMPTS),
     k=r"\d+",
     shard=r"\d+",
     n=r"\d+",
@@ -39,20 +36,38 @@ def C(ds):
     return dataset_config(config, ds)
 
 
-def code(*modules):
-    """Source files of a stage, as inputs: editing them reruns the stage and its dependants.
+def code(stage):
+    """Source files of `python -m vlif_pipeline <stage>`, as inputs: editing one reruns the stage and
+    its dependants. Computed from the stage module's imports (vlif_pipeline/codedeps.py)."""
+    return [str(path) for path in stage_sources(stage)]
 
-    Each entry is a module path (`amazon/ingest.py`) or a folder (`graphs`: its Python and C
-    files); `io.py` and `__main__.py` are shared by every stage.
-    """
-    files = [PKG / "io.py", PKG / "__main__.py"]
-    for module in modules:
-        target = PKG / module
-        if target.is_dir():
-            files += sorted(f for f in target.iterdir() if f.suffix in (".py", ".c", ".h"))
-        else:
-            files.append(target)
-    return [str(f) for f in files]
+
+def setting(*keys):
+    """For params and resources: the dataset's merged configuration at `keys`, e.g. ("vlm", "gpus")."""
+
+    def lookup(w):
+        value = C(w.ds)
+        for key in keys:
+            value = value[key]
+        return value
+
+    return lookup
+
+
+def settings(section, *keys):
+    """For params: the mapping of `keys` of one configuration section of the dataset."""
+
+    def lookup(w):
+        return {key: C(w.ds)[section][key] for key in keys}
+
+    return lookup
+
+
+def datasets(mmrec):
+    """A wildcard constraint: the configured datasets that are (or are not) MMRec folders, which
+    enter the pipeline through their own rules (`mmrec_import`, `mmrec_features`)."""
+    names = [re.escape(ds) for ds, entry in config["datasets"].items() if (entry["format"] == "mmrec") == mmrec]
+    return "|".join(names) or "(?!)"
 
 
 def raw(ds, key):
@@ -66,15 +81,71 @@ def raw(ds, key):
     return location
 
 
+def raw_file(key):
+    """For inputs: the raw file `key` (reviews, meta, image_features) of the dataset."""
+
+    def lookup(w):
+        return raw(w.ds, key)
+
+    return lookup
+
+
+def raw_folder(key):
+    """For params: the folder of the raw file `key` (relative image paths in a meta dump start there)."""
+
+    def lookup(w):
+        return str(Path(raw(w.ds, key)).parent)
+
+    return lookup
+
+
+def download_url(w):
+    return C(w.ds)["dataset"][w.key]
+
+
+def ingest_format(w):
+    """The demo is generated in the 2014 format."""
+    fmt = C(w.ds)["dataset"]["format"]
+    return "amazon2014" if fmt == "synthetic" else fmt
+
+
 def vlm_model(ds):
     """The captioning model of `ds` as the caption stage loads it: a hub id or a folder."""
     model = C(ds)["vlm"]["model"]
     return TINY_VLM_DIR if model == TINY_VLM else model
 
 
-def vlm_inputs(ds):
+def vlm_inputs(w):
     """The locally built tiny model is a file dependency; hub models and folders are not."""
-    return [TINY_VLM_DIR] if C(ds)["vlm"]["model"] == TINY_VLM else []
+    return [TINY_VLM_DIR] if C(w.ds)["vlm"]["model"] == TINY_VLM else []
+
+
+def check_vlm(w):
+    """The {vlm} in a caption file name must be the dataset's configured model."""
+    expected = slug(C(w.ds)["vlm"]["model"])
+    if w.vlm != expected:
+        raise ValueError(f"results/{w.ds}/captions: vlm '{w.vlm}' is not the configured model '{expected}'")
+    return vlm_model(w.ds)
+
+
+def caption_shards(w):
+    n = C(w.ds)["vlm"]["shards"]
+    return [f"results/{w.ds}/captions/shards/{w.vlm}__{w.prompt}__{k}of{n}.parquet" for k in range(n)]
+
+
+def variant_captions(w):
+    """The captions that visual variant {variant} encodes: the configured model's, with its prompt."""
+    return f"results/{w.ds}/captions/{slug(C(w.ds)['vlm']['model'])}__{VARIANTS[w.variant].prompt}.parquet"
+
+
+def title_flag(w):
+    return "--prepend-title" if C(w.ds)["captions"]["prepend_title"] else "--no-prepend-title"
+
+
+def knn_weights(w):
+    """The item kNN graph's weights of the visual and the text similarities: S = w S_v + (1 - w) S_t."""
+    weight = C(w.ds)["graphs"]["visual_weight"]
+    return [weight, round(1 - weight, 10)]
 
 
 def kcore_files(ds):
@@ -88,23 +159,19 @@ def kcore_files(ds):
     }
 
 
-def quoted_json(obj):
-    return shlex.quote(json.dumps(obj, sort_keys=True))
+def mmrec_files(w):
+    """The MMRec folder's files that its import reads: the .inter file and the id mappings present.
+
+    Declared one by one: a folder input reruns nothing when a file in it is rewritten.
+    """
+    inter = mmrec_inter(C(w.ds)["dataset"])
+    maps = [path for path in (inter.parent / "u_id_mapping.csv", inter.parent / "i_id_mapping.csv") if path.is_file()]
+    return {"inter": str(inter), "mappings": [str(path) for path in maps]}
 
 
-def caption_shards(w):
-    n = C(w.ds)["vlm"]["shards"]
-    return [
-        f"results/{w.ds}/captions/shards/{w.vlm}__{w.prompt}__{k}of{n}.parquet" for k in range(n)
-    ]
-
-
-def check_vlm(w):
-    """The {vlm} in a caption file name must be the dataset's configured model."""
-    expected = slug(C(w.ds)["vlm"]["model"])
-    if w.vlm != expected:
-        raise ValueError(f"results/{w.ds}/captions: vlm '{w.vlm}' is not the configured model '{expected}'")
-    return vlm_model(w.ds)
+def mmrec_feature_file(w):
+    """The MMRec folder's file for our feature file {feature}."""
+    return str(Path(C(w.ds)["dataset"]["path"]) / MMREC_FEATURES[w.feature])
 
 
 def train_inputs(w):
@@ -121,106 +188,43 @@ def train_inputs(w):
     return files
 
 
+def run_model(w):
+    return parse_run_id(w.run)["model"]
+
+
 def train_params(w):
     """Hyperparameters as JSON: a change reruns exactly the runs it concerns."""
-    run = parse_run_id(w.run)
-    cfg = C(w.ds)
-    params = {key: cfg["train"][key] for key in SHARED_TRAIN_KEYS} | {"seed": cfg["seed"]}
-    if run["model"] == "vlif":
-        params |= {"lambda": cfg["train"]["lambda"], "fusion": run["fusion"]}
-    return quoted_json(params)
+    return shlex.quote(json.dumps(run_params(C(w.ds), w.run), sort_keys=True))
 
 
 def optional_inputs(w, input):
+    """The train stage's flags for the inputs this run has (features and graphs only where used)."""
     flags = {"text": "--text", "visual": "--visual", "item_knn": "--item-knn", "user_user": "--user-user"}
     return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
 
 
-def table_runs(ds):
-    cfg = C(ds)
+def main_run_metrics(w):
+    return f"results/{w.ds}/runs/{main_run(C(w.ds))}/metrics.json"
+
+
+def config_json(w):
+    return shlex.quote(json.dumps(C(w.ds), sort_keys=True))
+
+
+def table_runs(w):
+    cfg = C(w.ds)
     variant = visual_variant(cfg)
     baselines = [run_id(m, variant) for m in cfg["report"]["baselines"]]
-    return [f"results/{ds}/runs/{r}/metrics.json" for r in baselines + [main_run(cfg)]]
+    return [f"results/{w.ds}/runs/{r}/metrics.json" for r in baselines + [main_run(cfg)]]
 
 
-def ablation_runs(ds):
+def ablation_runs(w):
     """Table 2 of the paper: image features (with PID fusion), then fusions (with the main run's features)."""
-    cfg = C(ds)
+    cfg = C(w.ds)
     entry = cfg["dataset"]
     variants = [] if entry["format"] == "mmrec" else ["vlm_plain", "vlm_title"]
     if entry["format"] in ("synthetic", "mmrec") or "image_features" in entry:
         variants.insert(0, "original")
     runs = [run_id("vlif", v, "pid") for v in variants]
-    runs += [run_id("vlif", visual_variant(cfg), f) for f in ("pooling", "concat", "weighted_concat")]
-    return [f"results/{ds}/runs/{r}/metrics.json" for r in runs]
-
-
-def is_mmrec(ds):
-    return C(ds)["dataset"]["format"] == "mmrec"
-
-
-def mmrec_dir(ds):
-    return C(ds)["dataset"]["path"]
-
-
-def mmrec_name(ds):
-    """The configured `<name>.inter` of an MMRec folder, or None for its only `*.inter` file."""
-    return C(ds)["dataset"].get("name")
-
-
-def mmrec_files(ds):
-    """The files of an MMRec folder that kcore reads: the .inter file(s) and the id mappings present.
-
-    Declared one by one: a folder input reruns nothing when a file in it is rewritten.
-    """
-    folder = Path(mmrec_dir(ds))
-    name = mmrec_name(ds)
-    files = [folder / f"{name}.inter"] if name else sorted(folder.glob("*.inter"))
-    files += [path for path in (folder / "u_id_mapping.csv", folder / "i_id_mapping.csv") if path.is_file()]
-    return [str(path) for path in files]
-
-
-def kcore_inputs(w):
-    """An MMRec folder enters here, with its own ids and split; raw datasets come from ingest."""
-    if is_mmrec(w.ds):
-        return {"mmrec": mmrec_dir(w.ds), "mmrec_files": mmrec_files(w.ds)}
-    return {"interactions": f"results/{w.ds}/interactions.parquet", "item_table": f"results/{w.ds}/items.parquet"}
-
-
-def kcore_args(w, input):
-    if is_mmrec(w.ds):
-        name = mmrec_name(w.ds)
-        named = f" --mmrec-name {shlex.quote(name)}" if name else ""
-        return f"--format mmrec --mmrec-dir {shlex.quote(input.mmrec)}{named}"
-    cfg = C(w.ds)
-    return (
-        f"--interactions {input.interactions} --items {input.item_table} --k {cfg['kcore']}"
-        f" --split {cfg['split']} --seed {cfg['seed']} --missing-meta {cfg['missing_meta']}"
-    )
-
-
-def text_feature_inputs(w):
-    if is_mmrec(w.ds):
-        return {"source": f"{mmrec_dir(w.ds)}/text_feat.npy", "stats": f"results/{w.ds}/kcore/stats.json"}
-    return {"item_table": f"results/{w.ds}/kcore/items.parquet"}
-
-
-def text_feature_args(w, input):
-    """MMRec folders ship their text features; everything else is encoded with the configured model."""
-    if is_mmrec(w.ds):
-        return f"mmrec-features --source {shlex.quote(input.source)} --stats {input.stats}"
-    model = shlex.quote(C(w.ds)["text_encoder"])
-    return f"encode-text --items {input.item_table} --model {model} --cache-dir results/cache/embeddings"
-
-
-def original_feature_inputs(w):
-    if is_mmrec(w.ds):
-        return {"source": f"{mmrec_dir(w.ds)}/image_feat.npy", "stats": f"results/{w.ds}/kcore/stats.json"}
-    return {"features": raw(w.ds, "image_features"), "item_table": f"results/{w.ds}/kcore/items.parquet"}
-
-
-def original_feature_args(w, input):
-    if is_mmrec(w.ds):
-        return f"mmrec-features --source {shlex.quote(input.source)} --stats {input.stats}"
-    report_path = f"results/{w.ds}/features/visual__original.report.json"
-    return f"original-features --features {shlex.quote(input.features)} --items {input.item_table} --report {report_path}"
+    runs += [run_id("vlif", visual_variant(cfg), f) for f in FUSIONS if f != "pid"]
+    return [f"results/{w.ds}/runs/{r}/metrics.json" for r in runs]

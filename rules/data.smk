@@ -1,4 +1,4 @@
-"""Raw files -> clean interactions and items -> k-core, ids and split; original CNN features."""
+"""Raw files -> clean interactions and items -> k-core, ids and split; or an MMRec folder as it is."""
 
 
 rule demo:
@@ -9,12 +9,12 @@ rule demo:
         truth="results/{ds}/raw/truth.json",
         images=directory("results/{ds}/raw/images"),
     input:
-        code=code("amazon/demo.py"),
+        code=code("demo"),
     params:
-        seed=lambda w: C(w.ds)["seed"],
-        n_users=lambda w: C(w.ds)["dataset"]["synthetic"]["n_users"],
-        n_items=lambda w: C(w.ds)["dataset"]["synthetic"]["n_items"],
-        image_size=lambda w: C(w.ds)["dataset"]["synthetic"]["image_size"],
+        seed=setting("seed"),
+        n_users=setting("dataset", "synthetic", "n_users"),
+        n_items=setting("dataset", "synthetic", "n_items"),
+        image_size=setting("dataset", "synthetic", "image_size"),
     log:
         "results/{ds}/logs/demo.log",
     conda:
@@ -29,16 +29,16 @@ rule download:
     output:
         "results/{ds}/raw/{key}/{filename}",
     input:
-        code=code("amazon/download.py"),
+        code=code("download"),
     params:
-        url=lambda w: C(w.ds)["dataset"][w.key],
+        url=download_url,
     log:
         "results/{ds}/logs/download_{key}_{filename}.log",
     retries: 2
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline download --url {params.url:q} --out {output} > {log} 2>&1"
+        "python -m vlif_pipeline download --url {params.url:q} --out {output:q} > {log} 2>&1"
 
 
 rule ingest:
@@ -47,12 +47,12 @@ rule ingest:
         item_table="results/{ds}/items.parquet",
         report="results/{ds}/ingest_report.json",
     input:
-        reviews=lambda w: raw(w.ds, "reviews"),
-        meta=lambda w: raw(w.ds, "meta"),
-        code=code("amazon/ingest.py", "amazon/readers.py", "amazon/text_clean.py", "amazon/formats.py", "amazon/items.py", "amazon/meta.py", "data/dedup.py"),
+        reviews=raw_file("reviews"),
+        meta=raw_file("meta"),
+        code=code("ingest"),
     params:
-        format=lambda w: {"synthetic": "amazon2014"}.get(C(w.ds)["dataset"]["format"], C(w.ds)["dataset"]["format"]),
-        max_bad=lambda w: C(w.ds)["ingest"]["max_bad_fraction"],
+        format=ingest_format,
+        max_bad=setting("ingest", "max_bad_fraction"),
     threads: 4
     log:
         "results/{ds}/logs/ingest.log",
@@ -70,10 +70,16 @@ rule kcore:
     output:
         **kcore_files("{ds}"),
     input:
-        unpack(kcore_inputs),
-        code=code("data/kcore.py", "data/split.py", "data/dedup.py", "data/mmrec.py", "amazon/items.py"),
+        interactions="results/{ds}/interactions.parquet",
+        item_table="results/{ds}/items.parquet",
+        code=code("kcore"),
+    wildcard_constraints:
+        ds=datasets(mmrec=False),
     params:
-        args=kcore_args,
+        k=setting("kcore"),
+        split=setting("split"),
+        seed=setting("seed"),
+        missing_meta=setting("missing_meta"),
     log:
         "results/{ds}/logs/kcore.log",
     benchmark:
@@ -81,20 +87,62 @@ rule kcore:
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline kcore {params.args} --out-dir results/{wildcards.ds}/kcore > {log} 2>&1"
+        "python -m vlif_pipeline kcore --interactions {input.interactions} --items {input.item_table}"
+        " --k {params.k} --split {params.split} --seed {params.seed} --missing-meta {params.missing_meta}"
+        " --out-dir results/{wildcards.ds}/kcore > {log} 2>&1"
+
+
+rule mmrec_import:
+    output:
+        **kcore_files("{ds}"),
+        report="results/{ds}/ingest_report.json",
+    input:
+        unpack(mmrec_files),
+        code=code("mmrec-import"),
+    wildcard_constraints:
+        ds=datasets(mmrec=True),
+    log:
+        "results/{ds}/logs/mmrec_import.log",
+    conda:
+        CPU_ENV
+    shell:
+        "python -m vlif_pipeline mmrec-import --inter {input.inter:q} --out-dir results/{wildcards.ds}/kcore"
+        " --report {output.report} > {log} 2>&1"
 
 
 rule original_features:
     output:
-        "results/{ds}/features/visual__original.npy",
+        features="results/{ds}/features/visual__original.npy",
+        report="results/{ds}/features/visual__original.report.json",
     input:
-        unpack(original_feature_inputs),
-        code=code("data/image_features.py", "data/mmrec.py"),
-    params:
-        args=original_feature_args,
+        features=raw_file("image_features"),
+        item_table="results/{ds}/kcore/items.parquet",
+        code=code("original-features"),
+    wildcard_constraints:
+        ds=datasets(mmrec=False),
     log:
         "results/{ds}/logs/original_features.log",
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline {params.args} --out {output} > {log} 2>&1"
+        "python -m vlif_pipeline original-features --features {input.features:q} --items {input.item_table}"
+        " --report {output.report} --out {output.features} > {log} 2>&1"
+
+
+rule mmrec_features:
+    output:
+        "results/{ds}/features/{feature}.npy",
+    input:
+        source=mmrec_feature_file,
+        stats="results/{ds}/kcore/stats.json",
+        code=code("mmrec-features"),
+    wildcard_constraints:
+        ds=datasets(mmrec=True),
+        feature="|".join(MMREC_FEATURES),
+    log:
+        "results/{ds}/logs/mmrec_features_{feature}.log",
+    conda:
+        CPU_ENV
+    shell:
+        "python -m vlif_pipeline mmrec-features --source {input.source:q} --stats {input.stats}"
+        " --out {output} > {log} 2>&1"

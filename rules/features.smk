@@ -5,10 +5,13 @@ rule encode_text:
     output:
         "results/{ds}/features/text.npy",
     input:
-        unpack(text_feature_inputs),
-        code=code("text", "data/mmrec.py"),
+        item_table="results/{ds}/kcore/items.parquet",
+        code=code("encode-text"),
+    wildcard_constraints:
+        ds=datasets(mmrec=False),
     params:
-        args=text_feature_args,
+        model=setting("text_encoder"),
+        cache="results/cache/embeddings",
     threads: 8
     log:
         "results/{ds}/logs/encode_text.log",
@@ -17,22 +20,23 @@ rule encode_text:
     conda:
         CPU_ENV
     shell:
-        "OMP_NUM_THREADS={threads} python -m vlif_pipeline {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline encode-text --items {input.item_table}"
+        " --model {params.model:q} --cache-dir {params.cache} --out {output} > {log} 2>&1"
 
 
 rule encode_captions:
     output:
         "results/{ds}/features/visual__{variant}.npy",
     wildcard_constraints:
-        variant=r"vlm_title|vlm_plain",
+        variant="|".join(name for name, variant in VARIANTS.items() if variant.prompt),
     input:
         item_table="results/{ds}/kcore/items.parquet",
-        captions=lambda w: f"results/{w.ds}/captions/{slug(C(w.ds)['vlm']['model'])}__{VARIANT_PROMPT[w.variant]}.parquet",
-        code=code("text"),
+        captions=variant_captions,
+        code=code("encode-text"),
     params:
-        model=lambda w: C(w.ds)["text_encoder"],
+        model=setting("text_encoder"),
         cache="results/cache/embeddings",
-        title=lambda w: "--prepend-title" if C(w.ds)["captions"]["prepend_title"] else "--no-prepend-title",
+        title=title_flag,
     threads: 8
     log:
         "results/{ds}/logs/encode_captions_{variant}.log",

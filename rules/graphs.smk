@@ -6,7 +6,7 @@ rule graph_user_item:
         "results/{ds}/graphs/user_item.npz",
     input:
         **kcore_files("{ds}"),
-        code=code("graphs"),
+        code=code("graph-user-item"),
     log:
         "results/{ds}/logs/graph_user_item.log",
     benchmark:
@@ -23,11 +23,10 @@ rule graph_item_knn:
     input:
         visual="results/{ds}/features/visual__{variant}.npy",
         text="results/{ds}/features/text.npy",
-        code=code("graphs"),
+        code=code("graph-item-knn"),
     params:
-        w_visual=lambda w: C(w.ds)["graphs"]["visual_weight"],
-        w_text=lambda w: round(1 - C(w.ds)["graphs"]["visual_weight"], 10),
-        self_loop=lambda w: C(w.ds)["graphs"]["self_loop"],
+        weights=knn_weights,
+        self_loop=setting("graphs", "self_loop"),
     threads: 8
     log:
         "results/{ds}/logs/graph_item_knn__{variant}__k{k}.log",
@@ -37,7 +36,7 @@ rule graph_item_knn:
         CPU_ENV
     shell:
         "OMP_NUM_THREADS={threads} python -m vlif_pipeline graph-item-knn --features {input.visual} {input.text}"
-        " --weights {params.w_visual} {params.w_text} --k {wildcards.k}"
+        " --weights {params.weights} --k {wildcards.k}"
         " --self-loop {params.self_loop} --out {output} > {log} 2>&1"
 
 
@@ -46,7 +45,7 @@ rule graph_user_user:
         "results/{ds}/graphs/user_user__k{k}.npz",
     input:
         **kcore_files("{ds}"),
-        code=code("graphs"),
+        code=code("graph-user-user"),
     threads: 2
     log:
         "results/{ds}/logs/graph_user_user__k{k}.log",

@@ -5,18 +5,18 @@ rule report_metrics:
     output:
         "results/{ds}/metrics.json",
     input:
-        run=lambda w: f"results/{w.ds}/runs/{main_run(C(w.ds))}/metrics.json",
+        run=main_run_metrics,
         stats="results/{ds}/kcore/stats.json",
-        code=code("report", "config.py"),
+        ingest="results/{ds}/ingest_report.json",
+        code=code("report"),
     params:
-        config=lambda w: quoted_json(C(w.ds)),
-        ingest=lambda w: f"results/{w.ds}/ingest_report.json",
+        config=config_json,
     log:
         "results/{ds}/logs/report_metrics.log",
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline report metrics --run {input.run} --stats {input.stats} --ingest-report {params.ingest}"
+        "python -m vlif_pipeline report metrics --run {input.run} --stats {input.stats} --ingest-report {input.ingest}"
         " --config-json {params.config} --dataset {wildcards.ds} --out {output} > {log} 2>&1"
 
 
@@ -24,8 +24,8 @@ rule report_table:
     output:
         "results/{ds}/table.md",
     input:
-        runs=lambda w: table_runs(w.ds),
-        code=code("report", "config.py"),
+        runs=table_runs,
+        code=code("report"),
     log:
         "results/{ds}/logs/report_table.log",
     conda:
@@ -38,8 +38,8 @@ rule report_ablation:
     output:
         "results/{ds}/ablation.md",
     input:
-        runs=lambda w: ablation_runs(w.ds),
-        code=code("report", "config.py"),
+        runs=ablation_runs,
+        code=code("report"),
     log:
         "results/{ds}/logs/report_ablation.log",
     conda:

@@ -10,15 +10,15 @@ rule train:
         history="results/{ds}/runs/{run}/history.json",
     input:
         unpack(train_inputs),
-        code=code("training", "models", "models/kernels", "graphs/common.py", "cuda_streams.py"),
+        code=code("train"),
     params:
-        model=lambda w: parse_run_id(w.run)["model"],
+        model=run_model,
         json=train_params,
         optional=optional_inputs,
-        device=lambda w: C(w.ds)["train"]["device"],
+        device=setting("train", "device"),
     threads: 8
     resources:
-        gpu=lambda w: C(w.ds)["train"]["gpus"],
+        gpu=setting("train", "gpus"),
     log:
         "results/{ds}/logs/train_{run}.log",
     benchmark:

@@ -38,6 +38,15 @@ def test_shipped_config_is_valid(shipped: dict) -> None:
         (lambda c: c["datasets"].update(toy={"format": "synthetic"}), "datasets.toy: 'synthetic' is required"),
         (lambda c: c["datasets"].update(toy={"format": "synthetic", "synthetic": {"n_users": 50}}),
          "datasets.toy.synthetic: 'n_items' is required"),
+        (lambda c: c["models"].update(vlif={"temprature": 0.1}), "models.vlif.temprature: unknown parameter of vlif"),
+        (lambda c: c["models"].update(vlif={"n_heads": 2.5}), "models.vlif.n_heads: 2.5 is not a non-negative integer"),
+        (lambda c: c["models"].update(vlif={"fusion": "sum"}), "models.vlif.fusion: 'sum' is not one of"),
+        (lambda c: c["models"].update(vlif={"restrict": "yes"}), "models.vlif.restrict: 'yes' is not one of"),
+        (lambda c: c["models"].update(popularity={"reg_weight": 0.1}), "models.popularity.reg_weight: unknown parameter of popularity (known: none)"),
+        (lambda c: c["datasets"]["demo"]["models"].update(vlif={"lambda": "high"}), "datasets.demo.models.vlif.lambda: 'high' is not a non-negative number"),
+        (lambda c: c["models"].update(sasrec={}), "models: 'sasrec' is not one of"),
+        (lambda c: c["train"].update(native="yes"), "train.native: 'yes' is not one of"),
+        (lambda c: c["train"].update(reg_weight=0.1), "train: unknown key(s) ('reg_weight' was unexpected)"),
     ],
 )
 def test_bad_config_names_key_and_problem(shipped: dict, mutate, expected: str) -> None:
@@ -57,6 +66,39 @@ def test_dataset_overrides_merge_over_global_sections(shipped: dict) -> None:
     assert demo["dataset"]["format"] == "synthetic" and "vlm" not in demo["dataset"]
     with pytest.raises(cfgmod.ConfigError, match="datasets.nope: no such dataset"):
         cfgmod.dataset_config(shipped, "nope")
+
+
+def test_a_datasets_model_parameter_overrides_that_one_parameter(shipped: dict) -> None:
+    """models.<model> merges key by key: the demo's lambda leaves the global VLIF settings in place."""
+    shipped["models"]["vlif"] = {"temperature": 0.1, "lambda": 0.5}
+    demo = cfgmod.dataset_config(shipped, "demo")
+    assert demo["models"]["vlif"] == {"temperature": 0.1, "lambda": 0.001}
+    assert cfgmod.dataset_config(shipped, "baby")["models"]["vlif"] == {"temperature": 0.1, "lambda": 0.5}
+
+
+def test_a_run_gets_the_trainer_settings_and_its_own_models_parameters_only(shipped: dict) -> None:
+    shipped["models"]["lightgcn"] = {"n_layers": 3}
+    demo = cfgmod.dataset_config(shipped, "demo")
+    vlif = cfgmod.train_params(demo, "vlif__vlm_title__concat")
+    assert vlif["lambda"] == 0.001 and vlif["fusion"] == "concat" and vlif["seed"] == 42
+    assert vlif["native"] == "auto" and vlif["max_epochs"] == 300 and "n_layers" not in vlif
+    assert cfgmod.train_params(demo, "lightgcn")["n_layers"] == 3
+    assert cfgmod.train_params(demo, "freedom__vlm_title")["reg_weight"] == 1e-4
+    assert not {"model", "visual", "device", "gpus"} & set(cfgmod.train_params(demo, "bpr"))
+
+
+def test_an_mmrec_dataset_needs_one_inter_file_or_a_name(shipped: dict, tmp_path: Path) -> None:
+    (tmp_path / "a.inter").write_text("")
+    (tmp_path / "b.inter").write_text("")
+    shipped["datasets"]["mm"] = {"format": "mmrec", "path": str(tmp_path), "train": {"visual": "original"}}
+    with pytest.raises(cfgmod.ConfigError, match=r"needs exactly one \*.inter file, or a name to pick one"):
+        cfgmod.validate(shipped, SCHEMA)
+    shipped["datasets"]["mm"]["name"] = "c"
+    with pytest.raises(cfgmod.ConfigError, match="datasets.mm: name: no file"):
+        cfgmod.validate(shipped, SCHEMA)
+    shipped["datasets"]["mm"]["name"] = "b"
+    cfgmod.validate(shipped, SCHEMA)
+    assert cfgmod.mmrec_inter(shipped["datasets"]["mm"]) == tmp_path / "b.inter"
 
 
 def test_run_ids_round_trip() -> None:

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from vlif_pipeline.data import kcore
-from vlif_pipeline.data.dedup import drop_duplicate_pairs
+from vlif_pipeline.tables import drop_duplicate_pairs
 
 
 def _naive_kcore(pairs: set[tuple[int, int]], k: int) -> set[tuple[int, int]]:

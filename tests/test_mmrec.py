@@ -1,4 +1,4 @@
-"""MMRec interop: export a kcore folder, import it back (kcore --format mmrec), nothing changes."""
+"""MMRec interop: export a kcore folder, import it back (mmrec-import), nothing changes."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ def test_round_trip(tmp_path: Path, kcore_dir: Path) -> None:
     assert not (export / "image_feat.npy").exists()
 
     back = tmp_path / "back"
-    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(export), "--items", str(tmp_path / "items.parquet"),
-                       "--out-dir", str(back)]) == 0
+    assert mmrec.import_main(["--inter", str(export / "toy.inter"), "--items", str(tmp_path / "items.parquet"),
+                              "--out-dir", str(back)]) == 0
     for name in ("interactions", "users"):
         assert pl.read_parquet(back / f"{name}.parquet").equals(pl.read_parquet(kcore_dir / f"{name}.parquet")), name
     items = pl.read_parquet(back / "items.parquet")
@@ -65,8 +65,8 @@ def test_round_trip_keeps_leading_zeros_of_all_digit_ids(tmp_path: Path) -> None
     kcore_dir = _make_kcore(tmp_path, user_id="{:05d}", item_id="{:010d}")
     export, back = tmp_path / "mmrec", tmp_path / "back"
     assert mmrec.main(["--kcore-dir", str(kcore_dir), "--name", "books", "--out-dir", str(export)]) == 0
-    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(export), "--items", str(tmp_path / "items.parquet"),
-                       "--out-dir", str(back)]) == 0
+    assert mmrec.import_main(["--inter", str(export / "books.inter"), "--items", str(tmp_path / "items.parquet"),
+                              "--out-dir", str(back)]) == 0
     for name in ("interactions", "users", "items"):
         assert pl.read_parquet(back / f"{name}.parquet").equals(pl.read_parquet(kcore_dir / f"{name}.parquet")), name
 
@@ -75,28 +75,15 @@ def test_import_without_mappings_or_meta(tmp_path: Path) -> None:
     folder = tmp_path / "baby"
     folder.mkdir()
     (folder / "baby.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n0\t1\t5\t100\t0\n1\t0\t4\t90\t2\n")
-    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(folder), "--out-dir", str(tmp_path / "k")]) == 0
+    report = tmp_path / "report.json"
+    assert mmrec.import_main(["--inter", str(folder / "baby.inter"), "--out-dir", str(tmp_path / "k"),
+                              "--report", str(report)]) == 0
+    assert json.loads(report.read_text())["items_without_meta"] == 2
     items = pl.read_parquet(tmp_path / "k" / "items.parquet")
     assert items.get_column("item_id").to_list() == ["0", "1"]
     assert items.get_column("title").to_list() == ["", ""] and not items.get_column("has_meta").any()
     assert items.get_column("image_url").is_null().all()
     assert pl.read_parquet(tmp_path / "k" / "interactions.parquet").get_column("split").to_list() == [0, 2]
-
-
-def test_dataset_name_picks_one_of_several_inter_files(tmp_path: Path) -> None:
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    header = "userID\titemID\trating\ttimestamp\tx_label\n"
-    (folder / "foo.inter").write_text(header + "0\t1\t5\t100\t0\n1\t0\t4\t90\t2\n")
-    (folder / "bar.inter").write_text(header + "0\t0\t5\t100\t0\n")
-    log = tmp_path / "log.txt"
-    base = ["--format", "mmrec", "--mmrec-dir", str(folder), "--log", str(log)]
-    assert kcore.main([*base, "--out-dir", str(tmp_path / "k0")]) == 1
-    assert "expected exactly one *.inter file, found ['bar.inter', 'foo.inter']" in log.read_text()
-    assert kcore.main([*base, "--mmrec-name", "foo", "--out-dir", str(tmp_path / "k")]) == 0
-    assert pl.read_parquet(tmp_path / "k" / "interactions.parquet").height == 2
-    assert kcore.main([*base, "--mmrec-name", "baz", "--out-dir", str(tmp_path / "k2")]) == 1
-    assert "baz.inter: no such file (dataset name 'baz')" in log.read_text()
 
 
 @pytest.mark.parametrize(
@@ -111,8 +98,8 @@ def test_bad_mmrec_folders(tmp_path: Path, content: str, message: str) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "bad.inter").write_text(content)
-    assert kcore.main(["--format", "mmrec", "--mmrec-dir", str(folder), "--out-dir", str(tmp_path / "k"),
-                       "--log", str(tmp_path / "log.txt")]) == 1
+    assert mmrec.import_main(["--inter", str(folder / "bad.inter"), "--out-dir", str(tmp_path / "k"),
+                              "--log", str(tmp_path / "log.txt")]) == 1
     assert message in (tmp_path / "log.txt").read_text()
 
 
@@ -120,16 +107,16 @@ def test_export_checks_feature_rows(tmp_path: Path, kcore_dir: Path) -> None:
     save_npy(tmp_path / "img.npy", np.zeros((3, 8), np.float32))
     assert mmrec.main(["--kcore-dir", str(kcore_dir), "--image-feat", str(tmp_path / "img.npy"), "--name", "toy",
                        "--out-dir", str(tmp_path / "m"), "--log", str(tmp_path / "log.txt")]) == 1
-    assert "expected (" in (tmp_path / "log.txt").read_text()
+    assert "expected shape (" in (tmp_path / "log.txt").read_text()
 
 
 @pytest.mark.parametrize(
     ("features", "stats", "message"),
     [
         (np.array([[0.0, 1.0], [np.nan, 1.0]], np.float32), {"n_items": 2},
-         "1 rows have non-finite values (first: row 1)"),
+         "item 1 has a non-finite feature value (1 such items)"),
         (np.zeros((2, 2), np.float32), None, "stats.json: cannot read n_items"),
-        (np.zeros((3, 2), np.float32), {"n_items": 2}, "shape (3, 2), expected (2, d)"),
+        (np.zeros((3, 2), np.float32), {"n_items": 2}, "expected shape (2, dim), got (3, 2)"),
     ],
 )
 def test_features_copy_rejects_bad_input(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder, info
 from vlif_pipeline.models.native import CrossBlockKernel, NativeUnavailable, RedundancyKernel, SpmmKernel
 from vlif_pipeline.models.propagation import to_torch_sparse
 from vlif_pipeline.models.vlif import VLIF
-from vlif_pipeline.training import trainer as trainer_module
+from vlif_pipeline.codedeps import stage_sources
 from vlif_pipeline.training.trainer import split_params
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler (cc) to build the kernels")
@@ -284,7 +285,7 @@ def test_modes_are_validated() -> None:
 
 def test_the_resume_fingerprint_covers_the_kernels() -> None:
     """A kernel edit must restart training, not resume a checkpoint computed by the old kernel."""
-    names = {path.name for path in trainer_module._code_files()}
+    names = {path.name for path in stage_sources("train")}
     assert {"cross_block.c", "redundancy.c", "infonce.c", "spmm.c", "common.h", "native.py"} <= names
 
 
@@ -496,3 +497,15 @@ def test_measure_times_both_paths_alternately() -> None:
     verdict = native.measure(lambda: order.append("k"), lambda: order.append("t"))
     assert order == ["k", "t", "k", "t", "t", "k"]
     assert verdict.kernel_seconds >= 0 and verdict.torch_seconds >= 0
+
+
+@pytest.mark.parametrize(("kernel", "name"), [(CrossBlockKernel, "cross_block"), (RedundancyKernel, "redundancy")])
+def test_the_python_parameter_table_matches_the_c_enum(kernel: type[native._Kernel], name: str) -> None:
+    """The pointers go to C in PARAMS order: a mismatch with the enum would feed it wrong tensors."""
+    text = (native.KERNEL_DIR / f"{name}.c").read_text()
+    body = re.search(r"enum Param \{(.*?)\};", text, re.S)
+    assert body is not None, f"{name}.c has no enum Param"
+    entries = [entry.split("=")[0].strip() for entry in body.group(1).replace("\n", " ").split(",")]
+    grads = entries.index("N_GRAD")
+    assert tuple(entries[:grads]) == kernel.PARAMS
+    assert entries[grads + 1 : entries.index("N_PARAM")] == [p[:-2] for p in kernel.PARAMS if p.endswith("_T")]

@@ -6,10 +6,12 @@ workflow; the rerun checks are dry runs against that finished state, so they are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,18 +84,26 @@ def test_runtime_settings_rerun_nothing(demo: Path) -> None:
     assert set(jobs) <= {"report_metrics"}, jobs
 
 
-def test_editing_stage_code_reruns_that_stage_and_dependants(demo: Path) -> None:
-    module = demo / "src/vlif_pipeline/graphs/user_user.py"
-    stat = module.stat()
-    text = module.read_text()
-    module.write_text(text + "\n")
+@contextlib.contextmanager
+def edited(workdir: Path, module: str) -> Iterator[None]:
+    """``src/vlif_pipeline/<module>`` with a blank line added, restored (content and time) on exit."""
+    path = workdir / "src/vlif_pipeline" / module
+    stat, text = path.stat(), path.read_text()
+    path.write_text(text + "\n")
     try:
-        jobs = planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json"))
+        yield
     finally:
-        module.write_text(text)
-        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert {"graph_user_user", "graph_item_knn", "graph_user_item", "train", "report_metrics"} <= set(jobs)
-    assert not {"demo", "ingest", "kcore", "caption", "encode_text"} & set(jobs)
+        path.write_text(text)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_editing_stage_code_reruns_that_stage_and_dependants(demo: Path) -> None:
+    with edited(demo, "graphs/user_user.py"):
+        jobs = planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json"))
+    assert set(jobs) == {"graph_user_user", "train", "report_metrics"}
+    with edited(demo, "amazon/text_clean.py"):  # imported by ingest through amazon/items.py
+        jobs = planned_jobs(snakemake(demo, "-n", "results/demo/metrics.json"))
+    assert {"ingest", "kcore", "train", "report_metrics"} <= set(jobs) and "demo" not in jobs
 
 
 def test_comparison_table_orders_the_models(demo: Path) -> None:
@@ -133,17 +143,23 @@ def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
     extra = write_config(demo, "mm.yaml", "datasets:\n  mm:\n    format: mmrec\n    path: mmrec_demo\n    train:\n      visual: original\n")
     args = ("--configfile", "config/config.yaml", extra, "--")
     jobs = planned_jobs(snakemake(demo, "-n", *args, "results/mm/metrics.json"))
-    assert {"kcore", "encode_text", "original_features", "train", "report_metrics"} <= set(jobs)
-    assert not {"ingest", "images", "caption", "demo"} & set(jobs)
+    assert {"mmrec_import", "mmrec_features", "train", "report_metrics"} <= set(jobs)
+    assert not {"ingest", "kcore", "encode_text", "original_features", "images", "caption", "demo"} & set(jobs)
     result = snakemake(demo, "--cores", "2", *args, "results/mm/graphs/item_knn__original__k10.npz")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     inter = demo / "mmrec_demo/demo.inter"
     text = inter.read_text()
     inter.write_text(text[: text.rstrip("\n").rfind("\n") + 1])  # one interaction fewer, same folder
     try:
-        assert "kcore" in planned_jobs(snakemake(demo, "-n", *args, "results/mm/graphs/item_knn__original__k10.npz"))
+        assert "mmrec_import" in planned_jobs(snakemake(demo, "-n", *args, "results/mm/graphs/item_knn__original__k10.npz"))
     finally:
         inter.write_text(text)
+    target = "results/mm/graphs/item_knn__original__k10.npz"
+    with edited(demo, "tables.py"):  # imported by mmrec_import through data/mmrec.py
+        jobs = planned_jobs(snakemake(demo, "-n", *args, target))
+    assert {"mmrec_import", "mmrec_features", "graph_item_knn"} <= set(jobs), jobs
+    with edited(demo, "amazon/text_clean.py"):  # raw dumps only: an MMRec folder never runs it
+        assert planned_jobs(snakemake(demo, "-n", *args, target)) == {}
     cols = ["u", "i", "split"]
     ours = pl.read_parquet(demo / "results/demo/kcore/interactions.parquet").select(cols).sort(cols)
     theirs = pl.read_parquet(demo / "results/mm/kcore/interactions.parquet").select(cols).sort(cols)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from vlif_pipeline.codedeps import PACKAGE, stage_sources
 from workflow_utils import copy_workflow, snakemake
 
 
@@ -57,3 +60,48 @@ def test_the_venvs_snakemake_runs_jobs_without_the_venv_on_path(workdir: Path) -
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert (workdir / "results/demo/raw/truth.json").exists()
+
+
+def tiny_mmrec_folder(folder: Path) -> None:
+    """An MMRec dataset of three users and two items, with both feature files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["0\t0\t5\t1\t0", "0\t1\t5\t2\t2", "1\t1\t4\t3\t0", "1\t0\t4\t4\t1", "2\t0\t3\t5\t0", "2\t1\t3\t6\t2"]
+    (folder / "tiny.inter").write_text("userID\titemID\trating\ttimestamp\tx_label\n" + "\n".join(rows) + "\n")
+    (folder / "i_id_mapping.csv").write_text("asin\titemID\nB1\t0\nB2\t1\n")
+    np.save(folder / "text_feat.npy", np.ones((2, 4), np.float32))
+    np.save(folder / "image_feat.npy", np.ones((2, 8), np.float32))
+
+
+def planned_commands(workdir: Path, *args: str) -> list[tuple[str, set[str], str]]:
+    """(rule, its inputs, its shell command) of every job a forced dry run plans."""
+    result = snakemake(workdir, "-n", "-p", "--forceall", *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    jobs = []
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        inputs = re.search(r"^    input: (.*)$", block, re.M)
+        command = re.search(r"^Shell command: (.*)$", block, re.M)
+        assert command is not None, block
+        jobs.append((rule, set(inputs.group(1).split(", ")) if inputs else set(), command.group(1)))
+    return jobs
+
+
+def test_every_rules_code_inputs_are_the_import_closure_of_the_stage_it_runs(workdir: Path) -> None:
+    """A rule's source-file inputs must be exactly what its program runs: a file missing from them
+    is an edit that reruns nothing; a file too many reruns a stage for nothing."""
+    tiny_mmrec_folder(workdir / "mm_folder")
+    (workdir / "mm.yaml").write_text(
+        "datasets:\n  mm:\n    format: mmrec\n    path: mm_folder\n    train:\n      visual: original\n"
+    )
+    package = workdir / "src" / "vlif_pipeline"
+    seen = set()
+    targets = ("results/demo/table.md", "results/demo/ablation.md", "results/mm/metrics.json")
+    for rule, inputs, command in planned_commands(workdir, "--configfile", "config/config.yaml", "mm.yaml", "--", *targets):
+        stage = re.search(r"python -m vlif_pipeline ([\w-]+)", command)
+        assert stage is not None, f"rule {rule} runs no stage: {command}"
+        code = {Path(path).relative_to(package) for path in inputs if Path(path).is_relative_to(package)}
+        expected = {path.relative_to(PACKAGE) for path in stage_sources(stage.group(1))}
+        assert code == expected, f"rule {rule} (stage {stage.group(1)}): {code ^ expected}"
+        seen.add(rule)
+    assert {"kcore", "mmrec_import", "mmrec_features", "encode_text", "original_features", "train"} <= seen

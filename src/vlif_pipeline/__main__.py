@@ -14,6 +14,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "download": ("vlif_pipeline.amazon.download", "fetch a raw file from a URL with retries and a checksum"),
     "ingest": ("vlif_pipeline.amazon.ingest", "parse raw reviews + meta into interactions/items parquet"),
     "kcore": ("vlif_pipeline.data.kcore", "k-core filter, remap ids, per-user split"),
+    "mmrec-import": ("vlif_pipeline.data.mmrec", "an MMRec dataset as the k-core stage's files, ids and split kept"),
     "mmrec-export": ("vlif_pipeline.data.mmrec", "export a dataset to MMRec's layout"),
     "mmrec-features": ("vlif_pipeline.data.mmrec", "take an MMRec folder's feature file as is"),
     "original-features": ("vlif_pipeline.data.image_features", "stream 2014 CNN features into a .npy"),
@@ -29,8 +30,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "report": ("vlif_pipeline.report.cli", "metrics.json, table.md and ablation.md"),
 }
 
-ENTRY_POINTS = {"mmrec-features": "features_main"}
-"""Stages whose module serves two stages name their second function here (default: `main`)."""
+ENTRY_POINTS = {"mmrec-import": "import_main", "mmrec-features": "features_main"}
+"""Stages whose module serves several stages name their other functions here (default: `main`)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,10 +15,14 @@ from typing import Any
 import jsonschema
 import yaml
 
+from vlif_pipeline.registry import FUSIONS, MODELS, PARAM_CHOICES, TRAINER_DEFAULTS, VARIANTS, caption_variant
+
 STAGE_SECTIONS = (
     "seed", "kcore", "split", "missing_meta", "ingest", "images", "vlm", "text_encoder",
-    "captions", "graphs", "train", "report",
+    "captions", "graphs", "train", "models", "report",
 )
+RUN_KEYS = ("model", "visual", "fusion")  # the train section's choice of the main run
+RESOURCE_KEYS = ("device", "gpus")  # the train section's keys for where a run goes, not what it computes
 LOCATION_KEYS = ("reviews", "meta", "image_features", "path")
 AMAZON_FORMATS = ("amazon2014", "amazon2018", "amazon2023")
 TINY_VLM = "tiny-random"
@@ -47,13 +51,20 @@ def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Pat
     problems = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         problems.append(f"{_key_path(err.absolute_path)}: {_describe(err)}")
+    problems += _model_problems("models", config.get("models"))
     for name, entry in (config.get("datasets") or {}).items():
         if not isinstance(entry, dict):
             continue
+        problems += _model_problems(f"datasets.{name}.models", entry.get("models"))
         for key in LOCATION_KEYS:
             location = entry.get(key)
             if isinstance(location, str) and not is_url(location) and not (Path(workdir) / location).exists():
                 problems.append(f"datasets.{name}.{key}: local path '{location}' does not exist")
+        if entry.get("format") == "mmrec" and isinstance(entry.get("path"), str):
+            try:
+                mmrec_inter(entry, workdir)
+            except ConfigError as err:
+                problems.append(f"datasets.{name}: {err}")
         train = {**config.get("train", {}), **entry.get("train", {})}
         if entry.get("format") == "mmrec" and train.get("visual") == "vlm":
             problems.append(
@@ -68,6 +79,61 @@ def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Pat
             )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def mmrec_inter(entry: dict[str, Any], workdir: str | Path = ".") -> Path:
+    """An MMRec dataset's ``<name>.inter``: the entry's ``name``, or its folder's only ``*.inter``."""
+    folder = Path(entry["path"])
+    if not (Path(workdir) / folder).is_dir():
+        raise ConfigError(f"path '{folder}' is not a folder")
+    if "name" in entry:
+        inter = folder / f"{entry['name']}.inter"
+        if not (Path(workdir) / inter).is_file():
+            raise ConfigError(f"name: no file {inter}")
+        return inter
+    found = sorted(path.name for path in (Path(workdir) / folder).glob("*.inter"))
+    if len(found) != 1:
+        raise ConfigError(f"path: {folder} needs exactly one *.inter file, or a name to pick one (found {found})")
+    return folder / found[0]
+
+
+def _model_problems(where: str, section: Any) -> list[str]:
+    """Problems of a ``models`` section: unknown models and parameters, values of the wrong kind.
+
+    Checked here, not in the schema, so that each model's parameters are listed once: in the
+    registry, whose defaults also give each parameter's kind (an integer default takes integers,
+    a float one any number, a choice one of ``PARAM_CHOICES``).
+    """
+    if not isinstance(section, dict):
+        return []  # absent, or the schema's own error
+    problems = []
+    for model, params in section.items():
+        if model not in MODELS:
+            continue  # the schema names it
+        defaults = MODELS[model].defaults
+        if not isinstance(params, dict):
+            problems.append(f"{where}.{model}: expected a mapping of parameters, got {params!r}")
+            continue
+        for key, value in params.items():
+            if key not in defaults:
+                known = ", ".join(defaults) or "none"
+                problems.append(f"{where}.{model}.{key}: unknown parameter of {model} (known: {known})")
+            elif (why := _kind_problem(key, value, defaults[key])) is not None:
+                problems.append(f"{where}.{model}.{key}: {why}")
+    return problems
+
+
+def _kind_problem(key: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot stand where ``default`` does, or None."""
+    if key in PARAM_CHOICES:
+        return None if value in PARAM_CHOICES[key] else f"{value!r} is not one of {PARAM_CHOICES[key]}"
+    if isinstance(default, bool) or isinstance(value, bool):
+        return None if isinstance(value, bool) and isinstance(default, bool) else f"{value!r} is not {type(default).__name__}"
+    if isinstance(default, int) and not (isinstance(value, int) and value >= 0):
+        return f"{value!r} is not a non-negative integer"
+    if isinstance(default, float) and not (isinstance(value, (int, float)) and value >= 0):
+        return f"{value!r} is not a non-negative number"
+    return None
 
 
 def _describe(err: jsonschema.ValidationError) -> str:
@@ -87,13 +153,18 @@ def dataset_config(config: dict[str, Any], ds: str) -> dict[str, Any]:
         known = ", ".join(sorted(config["datasets"]))
         raise ConfigError(f"datasets.{ds}: no such dataset in the configuration (known: {known})")
     entry = config["datasets"][ds]
-    merged = {key: copy.deepcopy(config[key]) for key in STAGE_SECTIONS}
-    for key in STAGE_SECTIONS:
-        if key in entry:
-            value = entry[key]
-            merged[key] = {**merged[key], **value} if isinstance(value, dict) else value
+    merged = {key: _merged(config.get(key), entry[key]) if key in entry else copy.deepcopy(config.get(key))
+              for key in STAGE_SECTIONS}
     merged["dataset"] = {k: v for k, v in entry.items() if k not in STAGE_SECTIONS}
     return merged
+
+
+def _merged(base: Any, override: Any) -> Any:
+    """``override`` over ``base``, mappings merged key by key at every depth (``models.vlif.lambda``
+    overrides one parameter, not the model's whole mapping)."""
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return copy.deepcopy(override)
+    return {**copy.deepcopy(base), **{key: _merged(base.get(key), value) for key, value in override.items()}}
 
 
 def slug(text: str) -> str:
@@ -105,20 +176,14 @@ def visual_variant(cfg: dict[str, Any]) -> str:
     """The visual feature file a run uses: original CNN features, or captions of `vlm.prompt`."""
     if cfg["train"]["visual"] == "original":
         return "original"
-    return "vlm_title" if cfg["vlm"]["prompt"] == "title_cot" else "vlm_plain"
-
-
-VARIANT_PROMPT = {"vlm_title": "title_cot", "vlm_plain": "plain"}
-RUN_FUSIONS = ("pid", "pooling", "concat", "weighted_concat")
-
-FEATURE_MODELS = {"vlif", "freedom"}
+    return caption_variant(cfg["vlm"]["prompt"])
 
 
 def run_id(model: str, variant: str | None = None, fusion: str | None = None) -> str:
     """Name of a training run folder: `vlif__vlm_title__pid`, `freedom__original`, `lightgcn`."""
     if model == "vlif":
         return f"vlif__{variant}__{fusion}"
-    if model in FEATURE_MODELS:
+    if MODELS[model].uses_features:
         return f"{model}__{variant}"
     return model
 
@@ -127,14 +192,8 @@ def parse_run_id(run: str) -> dict[str, str | None]:
     """Inverse of `run_id`; raises `ConfigError` for a name the pipeline would never produce."""
     parts = run.split("__")
     model = parts[0]
-    expected = 3 if model == "vlif" else 2 if model in FEATURE_MODELS else 1
-    known = (
-        model in FEATURE_MODELS | {"popularity", "bpr", "lightgcn"}
-        and len(parts) == expected
-        and (len(parts) < 2 or parts[1] in ("original", *VARIANT_PROMPT))
-        and (len(parts) < 3 or parts[2] in RUN_FUSIONS)
-    )
-    if not known:
+    known = model in MODELS and len(parts) == (3 if model == "vlif" else 2 if MODELS[model].uses_features else 1)
+    if not known or (len(parts) > 1 and parts[1] not in VARIANTS) or (len(parts) > 2 and parts[2] not in FUSIONS):
         raise ConfigError(f"run '{run}': not a run name this pipeline produces")
     return {
         "model": model,
@@ -146,3 +205,18 @@ def parse_run_id(run: str) -> dict[str, str | None]:
 def main_run(cfg: dict[str, Any]) -> str:
     """The run that `results/{ds}/metrics.json` reports: the configured model and features."""
     return run_id(cfg["train"]["model"], visual_variant(cfg), cfg["train"]["fusion"])
+
+
+def train_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
+    """Everything that decides what run `run` computes, for the trainer: the trainer settings of the
+    train section and the seed, the model's own parameters (`models.<model>`) and the run's fusion.
+
+    Only these reach a run, so changing another model's parameter reruns nothing of this one.
+    """
+    parts = parse_run_id(run)
+    model = str(parts["model"])
+    trainer = {key: value for key, value in cfg["train"].items() if key in TRAINER_DEFAULTS}
+    params = {**trainer, "seed": cfg["seed"], **(cfg.get("models") or {}).get(model, {})}
+    if parts["fusion"] is not None:
+        params["fusion"] = parts["fusion"]
+    return params

@@ -126,6 +126,22 @@ def load_npy(path: str | os.PathLike[str], mmap: bool = False) -> np.ndarray:
     return array
 
 
+def load_item_features(path: str | os.PathLike[str], n_items: int | None = None) -> np.ndarray:
+    """An (items, dim) feature matrix as contiguous float32, checked: two dimensions, ``n_items`` rows
+    when given, finite values (a NaN row would spread through every graph and model it reaches)."""
+    array = load_npy(path, mmap=True)
+    if array.ndim != 2:
+        raise StageError(f"{path}: expected a 2-d (items, dim) array, got shape {array.shape}")
+    if n_items is not None and array.shape[0] != n_items:
+        raise StageError(f"{path}: expected shape ({n_items}, dim), got {array.shape}")
+    array = np.array(array, dtype=np.float32, order="C")  # a writable copy of the memory map
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise StageError(f"{path}: item {int(bad[0])} has a non-finite feature value ({bad.size} such items)")
+    return array
+
+
 def setup_logging(log_file: str | os.PathLike[str] | None, name: str = "vlif") -> logging.Logger:
     """Log to stderr and, when given, to the rule's ``log:`` file (appending, so retries accumulate)."""
     logger = logging.getLogger(name)

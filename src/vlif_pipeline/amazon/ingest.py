@@ -17,11 +17,11 @@ from typing import Any
 import polars as pl
 
 from vlif_pipeline.amazon.formats import FORMATS, ReleaseFormat
-from vlif_pipeline.amazon.items import TEXT_COLUMNS, blank_row, items_frame
+from vlif_pipeline.amazon.items import blank_row, items_frame
 from vlif_pipeline.amazon.meta import default_workers, read_meta
 from vlif_pipeline.amazon.readers import read_reviews
-from vlif_pipeline.data.dedup import DEDUP_RULE, drop_duplicate_pairs
 from vlif_pipeline.io import atomic_path, run_stage, setup_logging, write_json
+from vlif_pipeline.tables import DEDUP_RULE, TEXT_COLUMNS, drop_duplicate_pairs
 
 
 def ingest(

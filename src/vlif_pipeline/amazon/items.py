@@ -15,23 +15,8 @@ import polars as pl
 
 from vlif_pipeline.amazon.formats import ReleaseFormat, full_size_image_url
 from vlif_pipeline.amazon.text_clean import clean_join, raw_repr
+from vlif_pipeline.tables import ITEM_SCHEMA, TEXT_COLUMNS
 
-TEXT_COLUMNS = ("title", "brand", "description", "categories")
-ITEM_SCHEMA: dict[str, pl.DataType | type[pl.DataType]] = {
-    "item_id": pl.String,
-    "title": pl.String,
-    "brand": pl.String,
-    "description": pl.String,
-    "categories": pl.String,
-    "image_url": pl.String,
-    "price": pl.Float64,
-    "has_meta": pl.Boolean,
-    "raw_title": pl.String,
-    "raw_brand": pl.String,
-    "raw_description": pl.String,
-    "raw_categories": pl.String,
-    "raw_image_url": pl.String,
-}
 Row = tuple[Any, ...]  # values in ITEM_SCHEMA order
 
 

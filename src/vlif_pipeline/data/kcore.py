@@ -2,14 +2,13 @@
 
 Order of operations (documented in docs/data.md):
 1. with ``--missing-meta drop``, interactions on items without meta are removed;
-2. duplicate (user, item) pairs keep the earliest interaction (``vlif_pipeline.data.dedup``);
+2. duplicate (user, item) pairs keep the earliest interaction (``vlif_pipeline.tables``);
 3. users and items with fewer than k interactions are removed, repeatedly, until none is left;
 4. ids are remapped to 0..n-1 in sorted order of the original id strings (byte-wise), so the same
    input always gives the same ids;
 5. each user's interactions are split (``split.random_split`` or ``split.loo_split``).
 
-``--format mmrec --mmrec-dir DIR`` instead reads an MMRec-layout folder and writes the same files,
-keeping MMRec's ids and split (see ``vlif_pipeline.data.mmrec``).
+An MMRec-layout folder writes the same files through ``mmrec-import`` (``vlif_pipeline.data.mmrec``).
 """
 
 from __future__ import annotations
@@ -22,10 +21,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from vlif_pipeline.data.dedup import drop_duplicate_pairs
-from vlif_pipeline.data.mmrec import import_mmrec
 from vlif_pipeline.data.split import loo_split, random_split, split_stats
 from vlif_pipeline.io import StageError, atomic_path, require_columns, run_stage, setup_logging, write_json
+from vlif_pipeline.tables import drop_duplicate_pairs
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
@@ -59,7 +57,7 @@ def _compact(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return new_of_old[codes], np.flatnonzero(used)
 
 
-def _read_table(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
+def read_table(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
     if not path.is_file():
         raise StageError(f"{path}: no such file")
     try:
@@ -170,12 +168,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="kcore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--format", choices=["ingested", "mmrec"], default="ingested",
-                        help="ingested: ingest's parquet files (default); mmrec: an MMRec-layout folder")
-    parser.add_argument("--interactions", type=Path)
-    parser.add_argument("--items", type=Path, help="items table (with --format mmrec: optional, joined on asin)")
-    parser.add_argument("--mmrec-dir", type=Path)
-    parser.add_argument("--mmrec-name", help="the MMRec folder's <name>.inter (default: its only *.inter file)")
+    parser.add_argument("--interactions", required=True, type=Path)
+    parser.add_argument("--items", required=True, type=Path)
     parser.add_argument("--k", type=_positive, default=5)
     parser.add_argument("--split", choices=["random", "loo"], default="random")
     parser.add_argument("--seed", type=int, default=42)
@@ -185,23 +179,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--log", type=Path)
     args = parser.parse_args(argv)
-    if args.format == "mmrec" and args.mmrec_dir is None:
-        parser.error("--format mmrec needs --mmrec-dir")
-    if args.format == "ingested" and (args.interactions is None or args.items is None):
-        parser.error("--interactions and --items are required")
     log = setup_logging(args.log, "kcore")
 
     def body() -> None:
-        if args.format == "mmrec":
-            log.info("MMRec folder: its ids and split are kept; --k, --split, --seed, --missing-meta do not apply")
-            items = _read_table(args.items, ("item_id",)) if args.items else None
-            tables = import_mmrec(args.mmrec_dir, items, args.mmrec_name)
-        else:
-            interactions = _read_table(args.interactions, INTERACTION_COLUMNS)
-            items = _read_table(args.items, ("item_id", "has_meta"))
-            tables = build_kcore(
-                interactions, items, args.k, args.split, args.seed, args.missing_meta, args.ratios, log
-            )
+        interactions = read_table(args.interactions, INTERACTION_COLUMNS)
+        items = read_table(args.items, ("item_id", "has_meta"))
+        tables = build_kcore(interactions, items, args.k, args.split, args.seed, args.missing_meta, args.ratios, log)
         write_kcore(args.out_dir, *tables)
         stats = tables[3]
         log.info(

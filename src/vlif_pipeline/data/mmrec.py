@@ -5,8 +5,9 @@ MMRec layout (REFERENCE section 2): ``<name>.inter`` (tab-separated, header
 ``i_id_mapping.csv`` (``asin<TAB>itemID``), ``u_id_mapping.csv`` (``user_id<TAB>userID``) and the
 optional ``text_feat.npy`` / ``image_feat.npy`` with row i = item i.
 
-Import keeps MMRec's ids and split as they are (the widely shared Baby/Sports/Clothing folders are
-then evaluated on exactly their published split); it is ``kcore --format mmrec --mmrec-dir DIR``.
+Import (stage ``mmrec-import``) keeps MMRec's ids and split as they are (the widely shared
+Baby/Sports/Clothing folders are then evaluated on exactly their published split) and writes the
+k-core stage's files, so every later stage treats the folder like a dataset built from raw dumps.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from vlif_pipeline.amazon.items import ITEM_SCHEMA, TEXT_COLUMNS
+from vlif_pipeline.data.kcore import read_table, write_kcore
 from vlif_pipeline.data.split import split_stats
-from vlif_pipeline.io import StageError, atomic_path, load_npy, require_columns, run_stage, save_npy, setup_logging
+from vlif_pipeline.io import (
+    StageError,
+    atomic_path,
+    load_item_features,
+    require_columns,
+    run_stage,
+    save_npy,
+    setup_logging,
+    write_json,
+)
+from vlif_pipeline.tables import ITEM_SCHEMA, TEXT_COLUMNS
 
 INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 
@@ -32,15 +43,7 @@ def _write_tsv(path: Path, table: pl.DataFrame) -> None:
 
 
 def _copy_features(source: Path, target: Path, n_items: int) -> None:
-    features = load_npy(source, mmap=True)
-    if features.ndim != 2 or features.shape[0] != n_items:
-        raise StageError(f"{source}: shape {features.shape}, expected ({n_items}, d) for the {n_items} items")
-    features = np.asarray(features, dtype=np.float32)
-    finite = np.isfinite(features).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise StageError(f"{source}: {bad.size} rows have non-finite values (first: row {int(bad[0])})")
-    save_npy(target, features)
+    save_npy(target, load_item_features(source, n_items))
 
 
 def export_mmrec(kcore_dir: Path, name: str, out_dir: Path, text_feat: Path | None, image_feat: Path | None) -> None:
@@ -74,21 +77,6 @@ def _read_tsv(path: Path, required: tuple[str, ...], strings: tuple[str, ...] = 
     return table
 
 
-def _find_inter(folder: Path, name: str | None = None) -> Path:
-    """``<name>.inter`` in ``folder``, or without a name the folder's only ``*.inter`` file."""
-    if not folder.is_dir():
-        raise StageError(f"{folder}: no such folder")
-    if name is not None:
-        path = folder / f"{name}.inter"
-        if not path.is_file():
-            raise StageError(f"{path}: no such file (dataset name {name!r})")
-        return path
-    found = sorted(folder.glob("*.inter"))
-    if len(found) != 1:
-        raise StageError(f"{folder}: expected exactly one *.inter file, found {[p.name for p in found]}")
-    return found[0]
-
-
 def _mapping(path: Path, id_col: str, new_col: str, n: int) -> pl.Series:
     """Original ids in new-id order; ``str(new id)`` where the mapping file is absent."""
     if not path.is_file():
@@ -101,15 +89,17 @@ def _mapping(path: Path, id_col: str, new_col: str, n: int) -> pl.Series:
 
 
 def import_mmrec(
-    folder: Path, items_meta: pl.DataFrame | None, name: str | None = None
+    inter_path: Path, items_meta: pl.DataFrame | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """Read an MMRec folder into the kcore tables (interactions, users, items, stats).
+    """Read an MMRec dataset, ``<name>.inter`` and the id mappings beside it, into the kcore tables
+    (interactions, users, items, stats).
 
-    ``name``: the dataset's ``<name>.inter``; None takes the folder's only ``*.inter`` file.
     Item text comes from ``items_meta`` (an ingested items table, joined on asin) when given;
     otherwise items have empty text and ``has_meta = false``.
     """
-    inter_path = _find_inter(folder, name)
+    if not inter_path.is_file():
+        raise StageError(f"{inter_path}: no such file")
+    folder = inter_path.parent
     raw = _read_tsv(inter_path, ("userID", "itemID", "x_label"))
     for column in ("userID", "itemID", "x_label"):
         if not raw.schema[column].is_integer() or raw.get_column(column).null_count():
@@ -174,10 +164,41 @@ def main(argv: list[str]) -> int:
     return run_stage(body, log)
 
 
+def import_main(argv: list[str]) -> int:
+    """`mmrec-import`: an MMRec dataset becomes the k-core stage's files, with its own ids and split."""
+    parser = argparse.ArgumentParser(prog="mmrec-import", description=import_main.__doc__)
+    parser.add_argument("--inter", required=True, type=Path, help="<name>.inter; the id mappings are read beside it")
+    parser.add_argument("--items", type=Path, help="an ingested items table to join on asin (default: no item text)")
+    parser.add_argument("--out-dir", required=True, type=Path, help="the k-core folder to write")
+    parser.add_argument("--report", type=Path, help="where to write the import's report (JSON)")
+    parser.add_argument("--log", type=Path)
+    args = parser.parse_args(argv)
+    log = setup_logging(args.log, "mmrec-import")
+
+    def body() -> None:
+        items = read_table(args.items, ("item_id",)) if args.items else None
+        tables = import_mmrec(args.inter, items)
+        write_kcore(args.out_dir, *tables)
+        stats, item_table = tables[3], tables[2]
+        if args.report:
+            write_json(args.report, {
+                "format": "mmrec",
+                "source": str(args.inter),
+                "n_users": stats["n_users"],
+                "n_items": stats["n_items"],
+                "n_interactions": stats["n_interactions"],
+                "items_without_meta": int((~item_table.get_column("has_meta")).sum()),
+            })
+        log.info("%s: %d users, %d items, %d interactions, splits %s (MMRec's own ids and split)",
+                 args.inter, stats["n_users"], stats["n_items"], stats["n_interactions"], stats["splits"])
+
+    return run_stage(body, log)
+
+
 def features_main(argv: list[str]) -> int:
     """`mmrec-features`: an MMRec folder's feature file becomes a pipeline feature file.
 
-    MMRec rows are already in itemID order, which `kcore --format mmrec` keeps as `i`, so this is
+    MMRec rows are already in itemID order, which `mmrec-import` keeps as `i`, so this is
     a checked copy (row count against `stats.json`, float32), not a re-encoding.
     """
     parser = argparse.ArgumentParser(prog="mmrec-features", description=features_main.__doc__)

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from vlif_pipeline.graphs.common import save_sparse
-from vlif_pipeline.io import StageError, load_npy, run_stage, setup_logging
+from vlif_pipeline.io import StageError, load_item_features, run_stage, setup_logging
 
 DEFAULT_BLOCK = 8192
 
@@ -211,17 +211,10 @@ def mixed_graph(neighbours: Sequence[np.ndarray], weights: Sequence[float]) -> s
 
 
 def _load_features(path: str, n_expected: int | None) -> np.ndarray:
-    """Load one modality as a float32 (n, d) array, rejecting wrong shapes and non-finite values."""
-    array = load_npy(path)
-    if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
-        raise StageError(f"{path}: expected a 2-d (items, dim) array with at least 2 items, got {array.shape}")
-    if n_expected is not None and array.shape[0] != n_expected:
-        raise StageError(f"{path}: {array.shape[0]} rows but the first feature file has {n_expected}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise StageError(f"{path}: item {int(bad[0])} has a non-finite feature value ({bad.size} such items)")
+    """One modality as a float32 (n, d) array with the first file's row count, at least 2 items."""
+    array = load_item_features(path, n_expected)
+    if array.shape[0] < 2 or array.shape[1] < 1:
+        raise StageError(f"{path}: expected at least 2 items and 1 dimension, got shape {array.shape}")
     return array
 
 

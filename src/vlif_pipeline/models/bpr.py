@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
+from vlif_pipeline.registry import MODELS
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 class BPRMF(Recommender):
     """Matrix factorisation trained with the BPR loss plus L2 on the batch's embeddings."""
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {"embedding_dim": 64, "reg_weight": 1e-4}
+    DEFAULTS: ClassVar[dict[str, Any]] = MODELS["bpr"].defaults
     graphable = True
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:

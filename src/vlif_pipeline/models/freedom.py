@@ -26,6 +26,7 @@ import torch
 
 from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
 from vlif_pipeline.models.propagation import bipartite_adjacency, layer_mean_rows, propagate, transpose
+from vlif_pipeline.registry import MODELS
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
@@ -36,14 +37,7 @@ class FREEDOM(Recommender):
 
     graphable = True
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "embedding_dim": 64,
-        "n_layers": 2,
-        "n_item_layers": 1,
-        "edge_drop": 0.8,
-        "modality_weight": 1e-4,
-        "reg_weight": 0.0,
-    }
+    DEFAULTS: ClassVar[dict[str, Any]] = MODELS["freedom"].defaults
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
         super().__init__(data, params)

@@ -8,6 +8,7 @@ import torch
 
 from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
 from vlif_pipeline.models.propagation import layer_mean_rows, propagate
+from vlif_pipeline.registry import MODELS
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
@@ -20,7 +21,7 @@ class LightGCN(Recommender):
     reuses it as its own transpose); evaluation caches the propagation once per pass.
     """
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {"embedding_dim": 64, "n_layers": 2, "reg_weight": 1e-4}
+    DEFAULTS: ClassVar[dict[str, Any]] = MODELS["lightgcn"].defaults
     graphable = True
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:

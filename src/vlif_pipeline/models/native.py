@@ -34,9 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
+
+from vlif_pipeline.registry import PARAM_CHOICES
 
 if TYPE_CHECKING:
     from vlif_pipeline.models.fusion import CrossModalBlock, RedundancyEncoder
@@ -50,7 +52,7 @@ COMPILE_FLAGS = ("-O3", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-fP
 LINK_FLAGS = ("-shared", "-fopenmp")
 
 
-MODES = ("auto", True, False)
+MODES = PARAM_CHOICES["native"]
 K = TypeVar("K")
 _mode: str | bool = "auto"
 _notes: list[tuple[int, str]] = []  # (logging level, message) of each build and verdict, until taken
@@ -514,16 +516,20 @@ def info_nce_kernel(dim: int) -> InfoNceKernel | None:
 class _Kernel(_Library):
     """One built kernel ``kernels/<name>.c``: ``<name>_forward``, ``<name>_backward``, ``<name>_grad_size``.
 
-    The C side takes its inputs and its parameters as arrays of pointers (parameters in the order of
-    the file's ``enum Param``); ``transposed`` lists the parameters it wants as (in, out), which
-    are also passed again untransposed, in the same order, after the others.
+    The C side takes its inputs and its parameters as arrays of pointers. ``PARAMS`` names the
+    parameters in the order of the C file's ``enum Param`` (up to ``N_GRAD``; a test holds the two
+    together); a name ending in ``_T`` is a weight the kernel takes transposed, as (in, out), and
+    which is also passed again untransposed after the others, in the same order (the enum's
+    entries after ``N_GRAD``).
     """
 
-    def __init__(self, name: str, defines: dict[str, int], transposed: tuple[int, ...]) -> None:
+    PARAMS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, defines: dict[str, int]) -> None:
         super().__init__(name, defines)
+        self.transposed = tuple(k for k, param in enumerate(self.PARAMS) if param.endswith("_T"))
         getattr(self.lib, f"{name}_grad_size").restype = ctypes.c_long
         self.grad_size = int(getattr(self.lib, f"{name}_grad_size")())
-        self.transposed = transposed
 
     def apply(self, inputs: list[torch.Tensor], params: list[torch.Tensor], out_shape: tuple[int, ...]) -> torch.Tensor:
         """The kernel's output for ``inputs`` (each with the node count n first) and ``params``.
@@ -613,9 +619,14 @@ def _block_params(block: CrossModalBlock | RedundancyEncoder) -> tuple[list[torc
 class CrossBlockKernel(_Kernel):
     """``kernels/cross_block.c``: :class:`CrossModalBlock` for d, T tokens, heads, feed-forward width."""
 
+    PARAMS = (
+        "LN_G", "LN_B", "WQ_T", "BQ", "WK_T", "BK", "WV_T", "BV", "WO_T", "BO", "LN2_G", "LN2_B", "W1_T", "B1",
+        "W2_T", "B2",
+    )
+
     def __init__(self, dim: int, n_tokens: int, n_heads: int, ffn_dim: int) -> None:
         _check_shape(dim, n_heads, ffn_dim)
-        super().__init__("cross_block", {"D": dim, "T": n_tokens, "H": n_heads, "F": ffn_dim}, (2, 4, 6, 8, 12, 14))
+        super().__init__("cross_block", {"D": dim, "T": n_tokens, "H": n_heads, "F": ffn_dim})
         self.dim, self.n_tokens = dim, n_tokens
 
     def accepts(self, query: torch.Tensor, tokens: torch.Tensor) -> bool:
@@ -635,9 +646,14 @@ class CrossBlockKernel(_Kernel):
 class RedundancyKernel(_Kernel):
     """``kernels/redundancy.c``: :meth:`RedundancyEncoder.encode` after its node-independent part."""
 
+    PARAMS = (
+        "LN_G", "LN_B", "WK_T", "BK", "WV_T", "BV", "Q", "FIXED_SCORES", "FIXED_VALUES", "WO_T", "BO", "LN2_G",
+        "LN2_B", "W1_T", "B1", "W2_T", "B2",
+    )
+
     def __init__(self, dim: int, n_heads: int, ffn_dim: int) -> None:
         _check_shape(dim, n_heads, ffn_dim)
-        super().__init__("redundancy", {"D": dim, "H": n_heads, "F": ffn_dim}, (2, 4, 9, 13, 15))
+        super().__init__("redundancy", {"D": dim, "H": n_heads, "F": ffn_dim})
         self.dim = dim
 
     def accepts(self, v: torch.Tensor, t: torch.Tensor) -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from vlif_pipeline.models.base import Recommender
+from vlif_pipeline.registry import MODELS
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 class Popularity(Recommender):
     """No parameters: scores (B, I) are the item counts in the train split, the same for every user."""
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    DEFAULTS: ClassVar[dict[str, Any]] = MODELS["popularity"].defaults
     trainable: ClassVar[bool] = False
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:

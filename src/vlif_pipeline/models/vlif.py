@@ -31,11 +31,11 @@ from vlif_pipeline.models.fusion import (
     remove_component,
 )
 from vlif_pipeline.models.propagation import layer_rows, propagate, propagate_rows, spmm, transpose
+from vlif_pipeline.registry import FUSIONS, MODELS
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
 
-FUSIONS = ("pooling", "concat", "weighted_concat", "pid")
 _PARTS = {"pooling": 1, "concat": 2, "weighted_concat": 2, "pid": 3}
 
 
@@ -130,27 +130,13 @@ class VLIF(Recommender):
     gradients equal the full computation's (tested) at a fraction of its cost.
     """
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "embedding_dim": 64,
-        "mlp_hidden": 64,
-        "n_layers": 2,
-        "n_item_layers": 2,
-        "n_user_layers": 2,
-        "fusion": "pid",
-        "n_heads": 4,
-        "ffn_dim": 64,
-        "layer_scale": 0.01,
-        "lambda": 0.1,
-        "temperature": 0.2,
-        "reg_weight": 1e-4,
-        "restrict": "auto",
-    }
+    DEFAULTS: ClassVar[dict[str, Any]] = MODELS["vlif"].defaults
 
     def __init__(self, data: TrainData, params: dict[str, Any]) -> None:
         super().__init__(data, params)
         hp = self.hparams
         if hp["fusion"] not in FUSIONS:
-            raise ValueError(f"VLIF: fusion must be one of {FUSIONS}, got {hp['fusion']!r}")
+            raise ValueError(f"VLIF: fusion must be one of {tuple(FUSIONS)}, got {hp['fusion']!r}")
         if data.text is None or data.visual is None:
             raise ValueError("VLIF needs both text and visual item features")
         if not float(hp["temperature"]) >= 0.025:

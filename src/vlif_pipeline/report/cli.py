@@ -17,6 +17,7 @@ from typing import Any
 
 from vlif_pipeline.config import TINY_VLM, ConfigError, parse_run_id
 from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging, write_json
+from vlif_pipeline.registry import FUSIONS, MODELS, VARIANTS
 
 HEADLINE_K = (10, 20)
 PACKAGES = (
@@ -25,9 +26,6 @@ PACKAGES = (
 )
 TABLE_COLUMNS = (("recall", 10), ("recall", 20), ("ndcg", 10), ("ndcg", 20))
 ABLATION_COLUMNS = (("recall", 10), ("recall", 20), ("ndcg", 20))
-MODEL_NAMES = {"popularity": "Popularity", "bpr": "BPR", "lightgcn": "LightGCN", "freedom": "FREEDOM", "vlif": "VLIF"}
-VARIANT_NAMES = {"original": "Original", "vlm_plain": "VLM w.o title", "vlm_title": "VLM with title"}
-FUSION_NAMES = {"pooling": "Pooling", "concat": "Concat", "weighted_concat": "Weighted Concat", "pid": "PID (VLIF)"}
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -150,9 +148,9 @@ def build_table(run_paths: list[Path], dataset: str) -> str:
     for path in run_paths:
         run = read_json(path)
         parts = run_parts(path)
-        label = MODEL_NAMES[parts["model"]]
+        label = MODELS[parts["model"]].label
         if parts["variant"]:
-            label += f" ({VARIANT_NAMES[parts['variant']]})"
+            label += f" ({VARIANTS[parts['variant']].label})"
         figures = [metric(run, "test", name, k, path) for name, k in TABLE_COLUMNS]
         rows.append([label, *map(_fmt, figures), str(run.get("best_epoch"))])
         values.append(figures)
@@ -171,9 +169,9 @@ def build_ablation(run_paths: list[Path], dataset: str) -> str:
         if parts["model"] != "vlif":
             raise StageError(f"{path}: the ablation compares VLIF runs only, got '{parts['model']}'")
         if parts["fusion"] == "pid":
-            module, approach = "Image Feature", VARIANT_NAMES[parts["variant"]]
+            module, approach = "Image Feature", VARIANTS[parts["variant"]].label
         else:
-            module, approach = "Multimodal Fusion", FUSION_NAMES[parts["fusion"]]
+            module, approach = "Multimodal Fusion", FUSIONS[parts["fusion"]]
         if parts["fusion"] == "pid" and parts["variant"] == "vlm_title":
             module, approach = "VLIF", "title captions + PID fusion"
         figures = [metric(run, "test", name, k, path) for name, k in ABLATION_COLUMNS]

@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from vlif_pipeline.io import StageError, load_npy
+from vlif_pipeline.io import StageError, load_item_features
 from vlif_pipeline.models.propagation import to_torch_sparse
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -87,16 +87,7 @@ def read_splits(kcore_dir: str | os.PathLike[str]) -> tuple[int, int, sp.csr_mat
 
 def _features(path: str | os.PathLike[str] | None, n_items: int) -> np.ndarray | None:
     """An (I, D) float32 feature matrix, validated against the item count."""
-    if path is None:
-        return None
-    array = load_npy(path)
-    if array.ndim != 2 or array.shape[0] != n_items:
-        raise StageError(f"{path}: expected shape ({n_items}, dim), got {array.shape}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        raise StageError(f"{path}: item {int(np.flatnonzero(~finite)[0])} has a non-finite feature value")
-    return array
+    return None if path is None else load_item_features(path, n_items)
 
 
 def _graph(path: str | os.PathLike[str], shape: tuple[int, int]) -> sp.csr_matrix:

@@ -21,25 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlif_pipeline.codedeps import PACKAGE, stage_sources
 from vlif_pipeline.io import StageError, write_json
-from vlif_pipeline.models import MODELS, build_model, model_class, native
+from vlif_pipeline.models import build_model, native
 from vlif_pipeline.models.base import Recommender
+from vlif_pipeline.registry import MODELS, TRAINER_DEFAULTS
 from vlif_pipeline.training.checkpoint import cpu_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from vlif_pipeline.training.data import TrainData
 from vlif_pipeline.training.evaluator import Evaluator
 from vlif_pipeline.training.sampler import TripleSampler
 from vlif_pipeline.training.step import Step, load_optimizer_state, make_optimizer, make_step
 
-TRAINER_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 1e-3,
-    "batch_size": 1024,
-    "max_epochs": 1000,
-    "patience": 20,
-    "eval_every": 1,
-    "seed": 42,
-    "eval_batch_size": 512,
-    "native": "auto",  # the C kernels on a CPU: auto, true (required) or false (models/native.py)
-}
 STOP_METRIC = "recall@20"
 CHECKPOINT, HISTORY, METRICS = "checkpoint.pt", "history.json", "metrics.json"
 
@@ -50,14 +42,8 @@ def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], di
     A key that belongs to another registered model is ignored (and reported), so one params file
     can serve several models; a key no model and not the trainer knows is an error (a typo).
     """
-    own = model_class(model).DEFAULTS
-    others: set[str] = set()
-    for name in MODELS:
-        if name != model:
-            try:
-                others |= set(model_class(name).DEFAULTS)
-            except ImportError:
-                continue
+    own = MODELS[model].defaults
+    others = {key for name, entry in MODELS.items() if name != model for key in entry.defaults}
     unknown = sorted(set(params) - set(TRAINER_DEFAULTS) - set(own) - others)
     if unknown:
         raise StageError(
@@ -80,21 +66,11 @@ def split_params(model: str, params: dict[str, Any]) -> tuple[dict[str, Any], di
     return trainer, model_params, ignored
 
 
-CODE_PACKAGES = ("models", "training")  # the source whose edits change what training computes
-
-
-def _code_files() -> list[Path]:
-    """The model and training source files, the C kernels' included."""
-    package = Path(__file__).resolve().parents[1]
-    return sorted(p for name in CODE_PACKAGES for p in (package / name).rglob("*") if p.suffix in (".py", ".c", ".h"))
-
-
 def _code_digest() -> bytes:
-    """sha256 of :func:`_code_files` (contents, not times)."""
-    package = Path(__file__).resolve().parents[1]
+    """sha256 of the train stage's source files (contents, not times; ``codedeps``)."""
     digest = hashlib.sha256()
-    for path in _code_files():
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in stage_sources("train"):
+        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.digest()
 
 

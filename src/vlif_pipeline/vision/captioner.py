@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vlif_pipeline.io import StageError, atomic_path, require_row_ids, run_stage, setup_logging, write_json
+from vlif_pipeline.registry import PROMPTS
 from vlif_pipeline.vision.prompts import PromptSpec, chat_messages, get_prompt
 from vlif_pipeline.vision.tiny_model import TINY_MARKER
 
@@ -455,7 +456,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--manifest", required=True, type=Path)
     parser.add_argument("--items", required=True, type=Path)
     parser.add_argument("--model", required=True, help="hub id or local folder")
-    parser.add_argument("--prompt", required=True, choices=["title_cot", "plain"])
+    parser.add_argument("--prompt", required=True, choices=PROMPTS)
     parser.add_argument("--shard", required=True, type=int)
     parser.add_argument("--n-shards", required=True, type=int)
     parser.add_argument("--cache-dir", required=True, type=Path)
