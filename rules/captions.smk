@@ -11,7 +11,8 @@ rule images:
     params:
         base_dir=raw_folder("meta"),
         cache="results/cache/images",
-        opts=settings("images", "timeout", "retries", "max_bytes"),
+        opts=settings("images", "timeout", "retries", "max_bytes", "max_failed_fraction"),
+        allow_local=local_images_allowed,
     threads: 4
     resources:
         # how fast, not what: a resource, so that changing it reruns nothing (params changes do)
@@ -24,7 +25,8 @@ rule images:
         "python -m vlif_pipeline images --items {input.item_table} --base-dir {params.base_dir:q}"
         " --cache-dir {params.cache} --out {output} --concurrency {resources.image_fetches}"
         " --timeout {params.opts[timeout]} --retries {params.opts[retries]}"
-        " --max-bytes {params.opts[max_bytes]} > {log} 2>&1"
+        " --max-bytes {params.opts[max_bytes]} --allow-local {params.allow_local}"
+        " --max-failed-fraction {params.opts[max_failed_fraction]} > {log} 2>&1"
 
 
 rule build_tiny_vlm:
@@ -60,6 +62,7 @@ rule caption:
     resources:
         gpu=setting("vlm", "gpus"),
         vlm_batch_size=setting("vlm", "batch_size"),
+        vlm_batch_pixels=setting("vlm", "batch_pixels"),
     log:
         "results/{ds}/logs/caption_{vlm}__{prompt}__{shard}of{n}.log",
     benchmark:
@@ -70,7 +73,8 @@ rule caption:
         "OMP_NUM_THREADS={threads} python -m vlif_pipeline caption --manifest {input.manifest} --items {input.item_table}"
         " --model {params.model:q} --prompt {wildcards.prompt}"
         " --shard {wildcards.shard} --n-shards {wildcards.n} --cache-dir {params.cache}"
-        " --batch-size {resources.vlm_batch_size} --max-new-tokens {params.opts[max_new_tokens]}"
+        " --batch-size {resources.vlm_batch_size} --batch-pixels {resources.vlm_batch_pixels}"
+        " --max-new-tokens {params.opts[max_new_tokens]}"
         " --device {params.opts[device]} --engine {params.opts[engine]}"
         " --no-image-policy {params.opts[no_image_policy]} --out {output} > {log} 2>&1"
 

@@ -99,6 +99,12 @@ def raw_folder(key):
     return lookup
 
 
+def local_images_allowed(w):
+    """Local image paths are read when the user allows them, and always for a generated dataset."""
+    cfg = C(w.ds)
+    return cfg["images"]["allow_local"] or cfg["dataset"]["format"] == "synthetic"
+
+
 def download_url(w):
     return C(w.ds)["dataset"][w.key]
 
@@ -133,9 +139,29 @@ def caption_shards(w):
     return [f"results/{w.ds}/captions/shards/{w.vlm}__{w.prompt}__{k}of{n}.parquet" for k in range(n)]
 
 
+def captions_file(ds, variant):
+    """The captions that a VLM visual variant encodes: the configured model's, with its prompt."""
+    return f"results/{ds}/captions/{slug(C(ds)['vlm']['model'])}__{VARIANTS[variant].prompt}.parquet"
+
+
 def variant_captions(w):
-    """The captions that visual variant {variant} encodes: the configured model's, with its prompt."""
-    return f"results/{w.ds}/captions/{slug(C(w.ds)['vlm']['model'])}__{VARIANTS[w.variant].prompt}.parquet"
+    return captions_file(w.ds, w.variant)
+
+
+def main_variant(w):
+    return visual_variant(C(w.ds))
+
+
+def visual_inputs(w):
+    """The files that say what the main run's visual modality was (report/visual.py): captions and
+    the images manifest for VLM variants, the CNN features' report for raw `original` features."""
+    cfg = C(w.ds)
+    variant = visual_variant(cfg)
+    if VARIANTS[variant].prompt is not None:
+        return {"captions": captions_file(w.ds, variant), "manifest": f"results/{w.ds}/images/manifest.parquet"}
+    if cfg["dataset"]["format"] != "mmrec":
+        return {"cnn_report": f"results/{w.ds}/features/visual__original.report.json"}
+    return {}
 
 
 def title_flag(w):
@@ -197,10 +223,14 @@ def train_params(w):
     return shlex.quote(json.dumps(run_params(C(w.ds), w.run), sort_keys=True))
 
 
-def optional_inputs(w, input):
-    """The train stage's flags for the inputs this run has (features and graphs only where used)."""
-    flags = {"text": "--text", "visual": "--visual", "item_knn": "--item-knn", "user_user": "--user-user"}
-    return " ".join(f"{flag} {input[name]}" for name, flag in flags.items() if name in input.keys())
+def input_flags(**flags):
+    """For params: each of the named inputs that the job has, as `--flag path` (quoted), for stages
+    whose optional inputs depend on the run (features and graphs only where a model uses them)."""
+
+    def present(w, input):
+        return " ".join(f"{flag} {shlex.quote(str(input[name]))}" for name, flag in flags.items() if name in input.keys())
+
+    return present
 
 
 def main_run_metrics(w):

@@ -5,33 +5,42 @@ rule report_metrics:
     output:
         "results/{ds}/metrics.json",
     input:
+        unpack(visual_inputs),
         run=main_run_metrics,
         stats="results/{ds}/kcore/stats.json",
         ingest="results/{ds}/ingest_report.json",
         code=code("report"),
     params:
         config=config_json,
+        variant=main_variant,
+        visual=input_flags(captions="--captions", manifest="--manifest", cnn_report="--cnn-report"),
     log:
         "results/{ds}/logs/report_metrics.log",
     conda:
         CPU_ENV
     shell:
         "python -m vlif_pipeline report metrics --run {input.run} --stats {input.stats} --ingest-report {input.ingest}"
-        " --config-json {params.config} --dataset {wildcards.ds} --out {output} > {log} 2>&1"
+        " --variant {params.variant} {params.visual} --config-json {params.config} --dataset {wildcards.ds}"
+        " --out {output} > {log} 2>&1"
 
 
 rule report_table:
     output:
         "results/{ds}/table.md",
     input:
+        unpack(visual_inputs),
         runs=table_runs,
         code=code("report"),
+    params:
+        variant=main_variant,
+        visual=input_flags(captions="--captions", manifest="--manifest", cnn_report="--cnn-report"),
     log:
         "results/{ds}/logs/report_table.log",
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline report table --runs {input.runs} --dataset {wildcards.ds} --out {output} > {log} 2>&1"
+        "python -m vlif_pipeline report table --runs {input.runs} --variant {params.variant} {params.visual}"
+        " --dataset {wildcards.ds} --out {output} > {log} 2>&1"
 
 
 rule report_ablation:

@@ -14,7 +14,7 @@ rule train:
     params:
         model=run_model,
         json=train_params,
-        optional=optional_inputs,
+        optional=input_flags(text="--text", visual="--visual", item_knn="--item-knn", user_user="--user-user"),
         device=setting("train", "device"),
     threads: 8
     resources:

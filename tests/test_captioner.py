@@ -48,7 +48,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pl.DataFrame({"i": list(range(N_ITEMS)), "item_id": [f"A{i}" for i in range(N_ITEMS)], "title": titles,
                   "image_url": urls}).write_parquet(root / "items.parquet")
     assert images.main(["--items", str(root / "items.parquet"), "--base-dir", str(root / "raw"), "--cache-dir",
-                        str(root / "imgcache"), "--out", str(root / "manifest.parquet")]) == 0
+                        str(root / "imgcache"), "--out", str(root / "manifest.parquet"), "--allow-local", "true"]) == 0
     manifest = pl.read_parquet(root / "manifest.parquet")
     Path(manifest["path"][7]).write_bytes(b"corrupted after fetching")
     return {"root": root, "model": root / "model", "items": root / "items.parquet",
@@ -173,12 +173,35 @@ def test_oom_halves_and_one_failure_is_isolated(tmp_path: Path) -> None:
     cache = captioner.CaptionCache(tmp_path, "fake", "p", 8)
     work = [captioner.WorkItem(i, f"k{i}", f"item {i}", None) for i in range(20)]
     fake = FakeCaptioner(max_batch=4, poison="item 13")
-    results = captioner.ShardRun(fake, cache, 16, logging.getLogger("test")).run(work)
+    results = captioner.ShardRun(fake, cache, 16, 10**9, logging.getLogger("test")).run(work)
     assert fake.sizes[:3] == [16, 8, 4]  # halved until it fits ...
     assert max(fake.sizes[3:]) <= 4  # ... and kept small afterwards
     assert results["k13"] == captioner.Result("", "failed")
     assert all(results[f"k{i}"] == captioner.Result(f"caption of item {i}", "text_only") for i in range(20) if i != 13)
     assert set(cache.load()) == {f"k{i}" for i in range(20)} - {"k13"}  # failures are not cached
+
+
+def test_batches_are_bounded_by_pixels_as_well_as_by_count(tmp_path: Path) -> None:
+    cache = captioner.CaptionCache(tmp_path, "fake", "p", 8)
+    pixels = [10, 10, 10, 50, 5, 100, 0, 0]
+    work = [captioner.WorkItem(i, f"k{i}", f"item {i}", None, pixels=p) for i, p in enumerate(pixels)]
+    fake = FakeCaptioner(max_batch=99, poison="none")
+    captioner.ShardRun(fake, cache, 3, 60, logging.getLogger("test")).run(work)
+    assert fake.sizes == [3, 2, 1, 2]  # 30 | 50 + 5 | 100 alone (over the budget) | two without images
+
+
+def test_a_huge_image_is_reduced_to_the_models_budget_while_decoding(tmp_path: Path) -> None:
+    """A 6000 x 4000 photo comes out within the budget, aspect kept; a small one is left as it is."""
+    Image.new("RGB", (6000, 4000), (200, 30, 30)).save(tmp_path / "big.jpg", quality=80)
+    Image.new("RGBA", (6000, 4000), (0, 0, 0, 0)).save(tmp_path / "big.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    for name in ("big.jpg", "big.png"):
+        image = captioner.load_image(str(tmp_path / name), 50_176)
+        assert image.mode == "RGB" and image.width * image.height <= 50_176
+        assert abs(image.width / image.height - 1.5) < 0.02
+    assert captioner.load_image(str(tmp_path / "big.png"), 50_176).getpixel((5, 5)) == (255, 255, 255)
+    assert captioner.load_image(str(tmp_path / "small.png"), 50_176).size == (40, 30)
+    assert captioner.reduced_pixels(6000, 4000, 50_176) == 50_176 and captioner.reduced_pixels(40, 30, 50_176) == 1200
 
 
 def test_killed_run_resumes_without_redoing(data: dict[str, Path], tmp_path: Path) -> None:

@@ -117,3 +117,26 @@ def test_visual_variant_follows_prompt(shipped: dict) -> None:
     cfg["train"]["visual"] = "original"
     assert cfgmod.visual_variant(cfg) == "original"
     assert cfgmod.slug("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen--Qwen2.5-VL-7B-Instruct"
+
+
+def test_numbers_written_as_yaml_reads_them_are_numbers(shipped: dict) -> None:
+    """YAML 1.1 reads 1e-3 (no dot) as a string; people write it that way all the time."""
+    text = "train:\n  learning_rate: 1e-3\nmodels:\n  vlif: {temperature: 1E-1, n_heads: 8}\n"
+    override = yaml.safe_load(text)
+    assert override["train"]["learning_rate"] == "1e-3", "the YAML reading this test is about"
+    shipped["train"]["learning_rate"] = override["train"]["learning_rate"]
+    shipped["models"]["vlif"] = override["models"]["vlif"]
+    shipped["datasets"]["demo"]["images"] = {"timeout": "2E1"}
+    cfgmod.validate(shipped, SCHEMA)
+    assert shipped["train"]["learning_rate"] == 0.001 and shipped["models"]["vlif"]["temperature"] == 0.1
+    assert shipped["datasets"]["demo"]["images"]["timeout"] == 20.0
+    shipped["train"]["learning_rate"] = "fast"
+    with pytest.raises(cfgmod.ConfigError, match="train.learning_rate: 'fast' is not of type 'number'"):
+        cfgmod.validate(shipped, SCHEMA)
+    shipped["train"]["learning_rate"] = 1e-3
+    shipped["train"]["batch_size"] = "2e3"
+    cfgmod.validate(shipped, SCHEMA)
+    assert shipped["train"]["batch_size"] == 2000 and isinstance(shipped["train"]["batch_size"], int)
+    shipped["train"]["batch_size"] = "2.5e0"  # not an integer: still refused
+    with pytest.raises(cfgmod.ConfigError, match="train.batch_size: 2.5 is not of type 'integer'"):
+        cfgmod.validate(shipped, SCHEMA)

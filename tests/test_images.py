@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 from collections import Counter
@@ -127,7 +128,8 @@ def run_stage(tmp_path: Path, urls: list[str | None], *extra: str) -> pl.DataFra
     out = tmp_path / "manifest.parquet"
     argv = ["--items", str(items), "--base-dir", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache"),
             "--out", str(out), "--timeout", "0.5", "--retries", "2", "--backoff", "0.01", "--max-bytes", "4000",
-            "--max-pixels", "100000", "--concurrency", "4", *extra]
+            "--max-pixels", "100000", "--concurrency", "4", "--allow-local", "true", "--max-failed-fraction", "1",
+            *extra]
     assert stage.main(argv) == 0
     return pl.read_parquet(out)
 
@@ -231,3 +233,45 @@ def test_body_trickling_past_the_deadline_times_out(tmp_path: Path, server: str)
 def test_malformed_url_is_an_item_status(tmp_path: Path) -> None:
     manifest = run_stage(tmp_path, ["http://[bad/x.png", "http://a..b/x.png"])
     assert manifest["status"].to_list() == ["http_error", "http_error"]
+
+
+def test_local_paths_are_refused_unless_allowed(tmp_path: Path) -> None:
+    """The dump names its image URLs: by default it cannot make the stage read a file of this machine."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "local.png").write_bytes(OTHER)
+    urls = ["local.png", f"file://{tmp_path / 'raw' / 'local.png'}", "/etc/hostname"]
+    manifest = run_stage(tmp_path, urls, "--allow-local", "false")
+    assert manifest["status"].to_list() == ["local_not_allowed"] * 3
+
+
+def test_allowed_local_paths_read_regular_files_only_within_the_limits(tmp_path: Path) -> None:
+    """/dev/zero once took this stage to 2.7 GB and a MemoryError; a FIFO would block forever."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "good.png").write_bytes(OTHER)
+    (raw / "big.bin").write_bytes(b"\0" * 10_000)  # over --max-bytes 4000
+    os.symlink(raw / "big.bin", raw / "link-to-big")
+    os.symlink(raw / "good.png", raw / "link-to-good")
+    os.mkfifo(raw / "fifo")
+    (raw / "folder").mkdir()
+    urls = ["/dev/zero", "fifo", "folder", "link-to-big", "link-to-good", "good.png", "/dev/null"]
+    start = time.monotonic()
+    manifest = run_stage(tmp_path, urls)
+    assert manifest["status"].to_list() == [
+        "not_a_file", "not_a_file", "not_a_file", "too_large", "ok", "ok", "not_a_file"
+    ]
+    assert time.monotonic() - start < 5
+
+
+def test_too_many_items_without_an_image_fail_the_stage(tmp_path: Path, server: str) -> None:
+    """A run where (nearly) every image failed must not look like any other: no manifest, and why."""
+    items = write_items(tmp_path / "items.parquet", [f"{server}/missing.png", None, None, f"{server}/good.png"])
+    out, log = tmp_path / "manifest.parquet", tmp_path / "images.log"
+    argv = ["--items", str(items), "--base-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out), "--retries", "0", "--log", str(log)]
+    assert stage.main(argv) == 1
+    assert not out.exists()
+    message = log.read_text()
+    assert "3 of 4 items have no usable image" in message and "missing_url=2" in message and "http_error=1" in message
+    assert "images.max_failed_fraction 0.5" in message
+    assert stage.main([*argv, "--max-failed-fraction", "0.8"]) == 0 and out.exists()

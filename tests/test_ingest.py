@@ -311,3 +311,25 @@ def test_2018_image_fields_in_order_of_preference() -> None:
     assert to_item({"imageURLHighRes": [], "imageURL": []}).image_url is None
     assert full_size_image_url(thumb) == "https://images-na.ssl-images-amazon.com/images/I/51Iph04Jy3L.jpg"
     assert full_size_image_url("http://example.org/a._SX38_.jpg") == "http://example.org/a._SX38_.jpg"
+
+
+def test_meta_in_another_releases_layout_is_refused(tmp_path: Path, dump_2014: tuple[Path, Path]) -> None:
+    """2014 meta (Python literals, imUrl, categories) declared as 2018: refused, naming file, line and fix.
+
+    Before, it ingested 'fine' with every image URL and category dropped."""
+    rc, _ = _run(tmp_path, "amazon2018", *dump_2014)
+    assert rc == 1
+    message = _log(tmp_path)
+    assert f"{dump_2014[1]}: line 1 and 1 more records are in the amazon2014 meta layout" in message
+    assert "Set the dataset's format to amazon2014" in message
+
+
+def test_a_field_empty_for_most_items_is_a_warning(tmp_path: Path, dump_2014: tuple[Path, Path]) -> None:
+    meta = _write(tmp_path / "few_urls.json.gz", [repr({**m, "imUrl": ""}) for m in META_2014])
+    rc, report = _run(tmp_path, "amazon2014", dump_2014[0], meta)
+    assert rc == 0
+    (warning,) = report["warnings"]
+    assert "image_url is empty for 2 of 2 items with meta (100%)" in warning
+    assert "WARNING" in _log(tmp_path) and "image_url is empty" in _log(tmp_path)
+    rc, report = _run(tmp_path, "amazon2014", *dump_2014)
+    assert rc == 0 and report["warnings"] == [] and report["meta"]["layouts"]["amazon2014"] == [2, 1]

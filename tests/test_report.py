@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from vlif_pipeline.report import cli
@@ -55,3 +56,26 @@ def test_a_nan_metric_is_refused(tmp_path: Path) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(figures(0.1)).replace("0.1,", "NaN,", 1))
     assert cli.main(["table", "--runs", str(path), "--dataset", "toy", "--out", str(tmp_path / "t.md")]) == 1
+
+
+def test_a_run_whose_images_all_failed_says_so(tmp_path: Path) -> None:
+    """147 of 147 items without an image once gave a metrics.json like any other; now it cannot."""
+    run = write_run(tmp_path, "vlif__vlm_title__pid", figures(0.3))
+    captions, manifest = tmp_path / "captions.parquet", tmp_path / "manifest.parquet"
+    pl.DataFrame({"i": range(10), "status": ["text_only"] * 9 + ["ok"]}).write_parquet(captions)
+    pl.DataFrame({"i": range(10), "status": ["http_error"] * 6 + ["missing_url"] * 3 + ["ok"]}).write_parquet(manifest)
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"n_users": 5, "n_items": 10}))
+    config = {"vlm": {"model": "Qwen/Qwen2.5-VL-7B-Instruct"}, "train": {"visual": "vlm"}}
+    visual = ["--variant", "vlm_title", "--captions", str(captions), "--manifest", str(manifest)]
+    out = tmp_path / "metrics.json"
+    assert cli.main(["metrics", "--run", str(run), "--stats", str(stats), "--config-json", json.dumps(config),
+                     *visual, "--dataset", "toy", "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["visual"]["items_with_usable_image"] == 1 and metrics["visual"]["captions_text_only"] == 9
+    assert metrics["visual"]["image_statuses"] == {"http_error": 6, "missing_url": 3, "ok": 1}
+    assert any("only 1 of 10 items have a visual signal" in note for note in metrics["notes"])
+    table = tmp_path / "t.md"
+    assert cli.main(["table", "--runs", str(run), *visual, "--dataset", "toy", "--out", str(table)]) == 0
+    assert ("Visual modality (VLM with title): 1 of 10 items had a usable image; 1 captions from an image, "
+            "9 from the title alone") in table.read_text()

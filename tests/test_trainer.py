@@ -254,7 +254,6 @@ def _write_npy_variants(folder: Path) -> dict[str, Path]:
         ("empty", "empty.npy: cannot read as .npy"),
         ("archive", "archive.npy: an .npz archive, not a .npy array"),
         ("words", "words.npy: dtype <U1 is not a real number type"),
-        ("checkpoint", "unreadable checkpoint"),
     ],
 )
 def test_corrupt_files_fail_with_one_clear_line(
@@ -264,14 +263,29 @@ def test_corrupt_files_fail_with_one_clear_line(
     out = tmp_path / "run"
     if case.startswith("graph"):
         args["item_knn"] = _corrupt_graph(inputs["item_knn"], tmp_path / "knn.npz", case)
-    elif case == "checkpoint":
-        out.mkdir()
-        (out / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
     else:
         args["text"] = _write_npy_variants(tmp_path / "npy")[case]
     log = tmp_path / "log.txt"
     assert run.main(cli_args(args, "vlif", out, {"max_epochs": 1}) + ["--log", str(log)]) == 1
     assert message in log.read_text() and "Traceback" not in log.read_text()
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_training_starts_over(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A truncated checkpoint must neither stop training until deleted by hand nor be deleted."""
+    out = tmp_path / "run"
+    params = {"max_epochs": 2, "batch_size": 256}
+    assert run.main(cli_args(inputs, "bpr", out, params)) == 0
+    expected = result(out)
+    damaged = (out / "checkpoint.pt").read_bytes()[:1000]
+    (out / "checkpoint.pt").write_bytes(damaged)
+    for name in ("metrics.json", "history.json"):  # as when Snakemake reruns the job
+        (out / name).unlink()
+    log = tmp_path / "log.txt"
+    assert run.main(cli_args(inputs, "bpr", out, params) + ["--log", str(log)]) == 0
+    (aside,) = out.glob("checkpoint.pt.damaged-*")
+    assert aside.read_bytes() == damaged
+    assert "WARNING" in log.read_text() and f"moved aside to {aside.name}: starting from scratch" in log.read_text()
+    assert result(out) == expected, "the fresh run ends where the first one did"
 
 
 def test_a_split_without_test_interactions_is_refused(inputs: dict[str, Path], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from vlif_pipeline.codedeps import PACKAGE, stage_sources
@@ -105,3 +106,26 @@ def test_every_rules_code_inputs_are_the_import_closure_of_the_stage_it_runs(wor
         assert code == expected, f"rule {rule} (stage {stage.group(1)}): {code ^ expected}"
         seen.add(rule)
     assert {"kcore", "mmrec_import", "mmrec_features", "encode_text", "original_features", "train"} <= seen
+
+
+def test_a_dataset_folder_with_spaces_and_shell_characters_runs(workdir: Path) -> None:
+    """Local raw files under `my data (v2)`: every rule quotes the paths it hands to the shell."""
+    folder = workdir / "my data (v2)"
+    generated = subprocess.run(
+        [sys.executable, "-m", "vlif_pipeline", "demo", "--out-dir", str(folder), "--seed", "1",
+         "--n-users", "120", "--n-items", "40", "--image-size", "16"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    (workdir / "spaced.yaml").write_text(
+        "datasets:\n  spaced:\n    format: amazon2014\n"
+        "    reviews: 'my data (v2)/reviews.json.gz'\n    meta: 'my data (v2)/meta.json.gz'\n"
+        "    images: {allow_local: true}\n"
+    )
+    result = snakemake(
+        workdir, "--cores", "2", "--configfile", "config/config.yaml", "spaced.yaml", "--",
+        "results/spaced/images/manifest.parquet", "results/spaced/kcore/stats.json",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    statuses = pl.read_parquet(workdir / "results/spaced/images/manifest.parquet")["status"]
+    assert (statuses == "ok").all(), statuses.value_counts()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +42,80 @@ def _key_path(path: Any) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _as_number(value: Any) -> int | float | None:
+    """``value`` as the number a person meant, or None: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+    if not isinstance(value, str) or not _NUMBER.match(value.strip()):
+        return None
+    number = float(value)
+    return int(number) if number.is_integer() and not any(c in value for c in ".eE") else number
+
+
+def _set_at(config: dict[str, Any], path: Any, value: Any) -> None:
+    *parents, last = list(path)
+    node: Any = config
+    for key in parents:
+        node = node[key]
+    node[last] = value
+
+
+def _numbers_as_written(config: dict[str, Any], validator: jsonschema.Draft202012Validator) -> None:
+    """Turn numbers written as YAML strings into numbers in place, where the schema expects a number
+    (or, in a ``models`` section, where the parameter's default is one); other strings stay strings,
+    so a misspelt value is still refused with its key's name."""
+    while True:
+        changed = False
+        for err in validator.iter_errors(config):
+            expected = err.validator_value if err.validator == "type" else None
+            wanted = expected if isinstance(expected, list) else [expected]
+            if ("number" in wanted or "integer" in wanted) and (number := _as_number(err.instance)) is not None:
+                integral = "number" not in wanted and float(number).is_integer()
+                _set_at(config, err.absolute_path, int(number) if integral else number)
+                changed = True
+        if not changed:
+            break
+    for _, model, params in _model_entries(config):
+        for key, value in params.items():
+            default = MODELS[model].defaults.get(key)
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                number = _as_number(value)
+                params[key] = value if number is None else number
+
+
+def _model_entries(config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, model, parameters) of every registered model's entry in a ``models`` section, the
+    global one and each dataset's; entries the schema refuses (unknown models, non-mappings) are
+    left to its messages."""
+    sections = [("models", config.get("models"))]
+    sections += [
+        (f"datasets.{name}.models", entry.get("models"))
+        for name, entry in (config.get("datasets") or {}).items()
+        if isinstance(entry, dict)
+    ]
+    for where, section in sections:
+        for model, params in section.items() if isinstance(section, dict) else ():
+            if model in MODELS and isinstance(params, dict):
+                yield where, model, params
+
+
 def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Path = ".") -> None:
     """Check `config` against the JSON schema and that every local input path exists.
 
-    Raises `ConfigError` listing every problem, one line each, as `key: problem`.
+    Numbers written as YAML strings (``1e-3``) are first turned into numbers in place. Raises
+    `ConfigError` listing every problem, one line each, as `key: problem`.
     """
     schema = yaml.safe_load(Path(schema_file).read_text())
     validator = jsonschema.Draft202012Validator(schema)
+    _numbers_as_written(config, validator)
     problems = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         problems.append(f"{_key_path(err.absolute_path)}: {_describe(err)}")
-    problems += _model_problems("models", config.get("models"))
+    problems += _model_problems(config)
     for name, entry in (config.get("datasets") or {}).items():
         if not isinstance(entry, dict):
             continue
-        problems += _model_problems(f"datasets.{name}.models", entry.get("models"))
         for key in LOCATION_KEYS:
             location = entry.get(key)
             if isinstance(location, str) and not is_url(location) and not (Path(workdir) / location).exists():
@@ -97,23 +157,16 @@ def mmrec_inter(entry: dict[str, Any], workdir: str | Path = ".") -> Path:
     return folder / found[0]
 
 
-def _model_problems(where: str, section: Any) -> list[str]:
-    """Problems of a ``models`` section: unknown models and parameters, values of the wrong kind.
+def _model_problems(config: dict[str, Any]) -> list[str]:
+    """Problems of the ``models`` sections: unknown parameters, values of the wrong kind.
 
     Checked here, not in the schema, so that each model's parameters are listed once: in the
     registry, whose defaults also give each parameter's kind (an integer default takes integers,
     a float one any number, a choice one of ``PARAM_CHOICES``).
     """
-    if not isinstance(section, dict):
-        return []  # absent, or the schema's own error
     problems = []
-    for model, params in section.items():
-        if model not in MODELS:
-            continue  # the schema names it
+    for where, model, params in _model_entries(config):
         defaults = MODELS[model].defaults
-        if not isinstance(params, dict):
-            problems.append(f"{where}.{model}: expected a mapping of parameters, got {params!r}")
-            continue
         for key, value in params.items():
             if key not in defaults:
                 known = ", ".join(defaults) or "none"

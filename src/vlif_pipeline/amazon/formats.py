@@ -118,7 +118,12 @@ def _item_2023(rec: dict[str, Any]) -> RawItem:
 
 @dataclass(frozen=True)
 class ReleaseFormat:
-    """Where one release keeps the review fields and how its meta maps onto items."""
+    """Where one release keeps the review fields and how its meta maps onto items.
+
+    ``meta_signature``: meta keys that only this release's records carry; a meta file whose
+    records carry another release's and not these is in the wrong layout for this format (its
+    image URLs and categories would silently read as missing).
+    """
 
     name: str
     user: str
@@ -128,12 +133,20 @@ class ReleaseFormat:
     time_divisor: int  # 1000 for millisecond timestamps
     meta_id: str
     to_item: Callable[[dict[str, Any]], RawItem]
+    meta_signature: frozenset[str]
 
 
 FORMATS: dict[str, ReleaseFormat] = {
-    "amazon2014": ReleaseFormat("amazon2014", "reviewerID", "asin", "overall", "unixReviewTime", 1, "asin", _item_2014),
-    "amazon2018": ReleaseFormat("amazon2018", "reviewerID", "asin", "overall", "unixReviewTime", 1, "asin", _item_2018),
+    "amazon2014": ReleaseFormat(
+        "amazon2014", "reviewerID", "asin", "overall", "unixReviewTime", 1, "asin", _item_2014,
+        frozenset({"imUrl", "salesRank", "related"}),
+    ),
+    "amazon2018": ReleaseFormat(
+        "amazon2018", "reviewerID", "asin", "overall", "unixReviewTime", 1, "asin", _item_2018,
+        frozenset({"imageURL", "imageURLHighRes", "also_buy", "also_view", "category"}),
+    ),
     "amazon2023": ReleaseFormat(
-        "amazon2023", "user_id", "parent_asin", "rating", "timestamp", 1000, "parent_asin", _item_2023
+        "amazon2023", "user_id", "parent_asin", "rating", "timestamp", 1000, "parent_asin", _item_2023,
+        frozenset({"parent_asin", "main_category", "store"}),
     ),
 }

@@ -18,7 +18,7 @@ import polars as pl
 
 from vlif_pipeline.amazon.formats import FORMATS, ReleaseFormat
 from vlif_pipeline.amazon.items import blank_row, items_frame
-from vlif_pipeline.amazon.meta import default_workers, read_meta
+from vlif_pipeline.amazon.meta import check_layout, default_workers, read_meta
 from vlif_pipeline.amazon.readers import read_reviews
 from vlif_pipeline.io import atomic_path, run_stage, setup_logging, write_json
 from vlif_pipeline.tables import DEDUP_RULE, TEXT_COLUMNS, drop_duplicate_pairs
@@ -38,6 +38,7 @@ def ingest(
     item_ids = interactions.get_column("item_id").unique().sort().to_list()
     rows, meta_stats = read_meta(meta_path, fmt, set(item_ids), workers)
     meta_stats.check(max_bad_fraction)
+    check_layout(meta_stats, fmt)
     items = items_frame([rows.get(item_id) or blank_row(item_id) for item_id in item_ids])
     report = {
         "format": fmt.name,
@@ -56,8 +57,30 @@ def ingest(
             column: int(items.get_column(f"raw_{column}").is_not_null().sum())
             for column in (*TEXT_COLUMNS, "image_url")
         },
+        "warnings": sparse_fields(items, fmt, meta_path),
     }
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
     return interactions.drop("line"), items, report
+
+
+EXPECTED_FIELDS = ("title", "image_url", "categories")  # every release has them for nearly every item
+
+
+def sparse_fields(items: pl.DataFrame, fmt: ReleaseFormat, meta_path: Path) -> list[str]:
+    """A warning for each field every release should fill that is empty for more than half of the
+    items with meta: a sign of a format mismatch or a damaged dump, which would otherwise pass."""
+    with_meta = items.filter(pl.col("has_meta"))
+    warnings = []
+    for column in EXPECTED_FIELDS if with_meta.height else ():
+        values = with_meta.get_column(column)
+        empty = int((values.is_null() | (values.cast(pl.String).str.strip_chars() == "")).sum())
+        if empty > with_meta.height / 2:
+            warnings.append(
+                f"{meta_path}: {column} is empty for {empty} of {with_meta.height} items with meta "
+                f"({empty / with_meta.height:.0%}); is the dump in the {fmt.name} layout?"
+            )
+    return warnings
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -75,6 +75,7 @@ class _ChunkResult:
     parsed: int = 0
     bad: list[tuple[int, str]] = field(default_factory=list)
     rows: list[tuple[str, Row]] = field(default_factory=list)
+    layouts: dict[str, tuple[int, int]] = field(default_factory=dict)  # release -> (records, first line)
 
 
 def _meta_chunk(first_line: int, chunk: bytes, fmt: ReleaseFormat, wanted: set[str] | None) -> _ChunkResult:
@@ -105,6 +106,10 @@ def _meta_chunk(first_line: int, chunk: bytes, fmt: ReleaseFormat, wanted: set[s
         if not isinstance(rec, dict):
             out.bad.append((line_no, f"a {type(rec).__name__}, not a record"))
             continue
+        for name, release in FORMATS.items():
+            if release.meta_signature.intersection(rec):
+                count, first = out.layouts.get(name, (0, line_no))
+                out.layouts[name] = (count + 1, first)
         item_id = rec.get(fmt.meta_id)
         if isinstance(item_id, int) and not isinstance(item_id, bool):
             item_id = str(item_id)
@@ -148,6 +153,21 @@ def _chunks(path: Path) -> Iterator[tuple[int, bytes]]:
             start = end
 
 
+def check_layout(stats: FileStats, fmt: ReleaseFormat) -> None:
+    """Refuse a meta file whose records are mostly in another release's layout and never in
+    ``fmt``'s: read as ``fmt``, every image URL and category would silently come out missing."""
+    own = stats.layouts.get(fmt.name, [0, 0])[0]
+    for name, (count, first) in stats.layouts.items():
+        if name != fmt.name and own == 0 and count > stats.records_parsed / 2:
+            keys = ", ".join(sorted(FORMATS[name].meta_signature))
+            raise StageError(
+                f"{stats.path}: line {first} and {count - 1} more records are in the {name} meta layout "
+                f"(keys {keys}), none in the declared {fmt.name} layout; read as {fmt.name}, their image "
+                f"URLs and categories would all be missing. Set the dataset's format to {name}, or give "
+                f"the {fmt.name} meta file."
+            )
+
+
 def default_workers() -> int:
     """Worker processes for meta parsing: the CPUs this process may use, at most 4."""
     return max(1, min(4, len(os.sched_getaffinity(0))))
@@ -172,6 +192,10 @@ def read_meta(
                 stats.duplicate_ids += 1
             else:
                 rows[item_id] = row
+        for name, (count, first) in result.layouts.items():
+            seen = stats.layouts.setdefault(name, [0, first])
+            seen[0] += count
+            seen[1] = min(seen[1], first)
 
     if workers <= 1 or path.stat().st_size < PARALLEL_MIN_BYTES:
         for first_line, chunk in _chunks(path):

@@ -42,6 +42,7 @@ class FileStats:
     bad_examples: list[dict[str, Any]] = field(default_factory=list)
     skipped_unreviewed: int = 0
     duplicate_ids: int = 0
+    layouts: dict[str, list[int]] = field(default_factory=dict)  # meta: release -> [records, first line]
 
     def bad(self, line: int, reason: str) -> None:
         self.bad_lines += 1

@@ -18,6 +18,8 @@ from typing import Any
 from vlif_pipeline.config import TINY_VLM, ConfigError, parse_run_id
 from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging, write_json
 from vlif_pipeline.registry import FUSIONS, MODELS, VARIANTS
+from vlif_pipeline.report.visual import describe, visual_summary
+from vlif_pipeline.report.visual import notes as visual_notes
 
 HEADLINE_K = (10, 20)
 PACKAGES = (
@@ -95,7 +97,8 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def build_metrics(
-    run_path: Path, stats_path: Path, ingest_path: Path | None, config: dict[str, Any], dataset: str
+    run_path: Path, stats_path: Path, ingest_path: Path | None, config: dict[str, Any], dataset: str,
+    visual: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The dataset's headline file: test metrics at the best validation epoch, and their context."""
     run = read_json(run_path)
@@ -121,8 +124,12 @@ def build_metrics(
         "provenance": provenance(run.get("device"), run.get("compute")),
         "notes": notes,
     }
+    if visual is not None:
+        result["visual"] = visual
+        notes += visual_notes(visual)
     if ingest_path is not None and ingest_path.exists():
         result["ingest"] = read_json(ingest_path)
+        notes += result["ingest"].get("warnings", [])  # e.g. a field that is empty for most items
     return result
 
 
@@ -142,7 +149,7 @@ def _bold_best(rows: list[list[str]], values: list[list[float]], first_col: int)
         rows[best][first_col + col] = f"**{rows[best][first_col + col]}**"
 
 
-def build_table(run_paths: list[Path], dataset: str) -> str:
+def build_table(run_paths: list[Path], dataset: str, visual: dict[str, Any] | None = None) -> str:
     """Paper Table 1 layout: one row per model, test R@10, R@20, N@10, N@20; best in bold."""
     rows, values = [], []
     for path in run_paths:
@@ -157,7 +164,8 @@ def build_table(run_paths: list[Path], dataset: str) -> str:
     _bold_best(rows, values, 1)
     header = ["Model", "R@10", "R@20", "N@10", "N@20", "best epoch"]
     title = f"# {dataset}: VLIF against the baselines\n\nTest metrics at the best validation epoch (Recall@20).\n\n"
-    return title + _markdown(header, rows)
+    footer = "" if visual is None else f"\n{describe(visual)}\n"
+    return title + _markdown(header, rows) + footer
 
 
 def build_ablation(run_paths: list[Path], dataset: str) -> str:
@@ -194,6 +202,11 @@ def main(argv: list[str]) -> int:
     for name, help_ in (("table", "VLIF against the baselines"), ("ablation", "feature and fusion ablations")):
         t = sub.add_parser(name, help=help_)
         t.add_argument("--runs", type=Path, nargs="+", required=True, help="runs/{run}/metrics.json files")
+    for p in (m, sub.choices["table"]):
+        p.add_argument("--variant", help="the visual variant the runs use (with the files below)")
+        p.add_argument("--captions", type=Path, help="its captions parquet (VLM variants)")
+        p.add_argument("--manifest", type=Path, help="the images manifest (VLM variants)")
+        p.add_argument("--cnn-report", type=Path, help="the CNN features' report (variant original)")
     for p in sub.choices.values():
         p.add_argument("--dataset", required=True)
         p.add_argument("--out", type=Path, required=True)
@@ -202,16 +215,24 @@ def main(argv: list[str]) -> int:
     logger = setup_logging(args.log, "vlif.report")
 
     def body() -> None:
+        visual = None
+        if args.what != "ablation" and args.variant:
+            visual = visual_summary(args.variant, args.captions, args.manifest, args.cnn_report)
+            logger.info("%s", describe(visual))
         if args.what == "metrics":
-            result = build_metrics(args.run, args.stats, args.ingest_report, json.loads(args.config_json), args.dataset)
+            result = build_metrics(
+                args.run, args.stats, args.ingest_report, json.loads(args.config_json), args.dataset, visual
+            )
             write_json(args.out, result)
             for note in result["notes"]:
                 logger.warning("%s", note)
             logger.info("test %s", json.dumps(result["test"]))
         else:
-            build = build_table if args.what == "table" else build_ablation
+            text = build_table(args.runs, args.dataset, visual) if args.what == "table" else build_ablation(
+                args.runs, args.dataset
+            )
             with atomic_path(args.out) as tmp:
-                tmp.write_text(build(args.runs, args.dataset))
+                tmp.write_text(text)
             logger.info("wrote %s", args.out)
 
     return run_stage(body, logger)

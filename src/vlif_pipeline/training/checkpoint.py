@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,33 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
         torch.save(state, tmp)
 
 
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read; it was moved aside to ``moved_to`` (nothing is deleted)."""
+
+    def __init__(self, path: Path, moved_to: Path, reason: str) -> None:
+        super().__init__(f"{path}: unreadable checkpoint ({reason}); moved aside to {moved_to.name}")
+        self.moved_to = moved_to
+
+
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> dict[str, Any] | None:
-    """The saved state (tensors mapped to ``device``), or None when there is no checkpoint yet."""
-    if not Path(path).exists():
+    """The saved state (tensors mapped to ``device``), or None when there is no checkpoint yet.
+
+    A damaged one (truncated by a full disk, overwritten by hand) is renamed to
+    ``checkpoint.pt.damaged-<UTC time>`` and reported by :class:`DamagedCheckpoint`, so that the run
+    can start over without destroying what may still be worth a look.
+    """
+    path = Path(path)
+    if not path.exists():
         return None
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-        raise StageError(f"{path}: unreadable checkpoint ({err}); delete it to restart training") from err
+        moved_to = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        try:
+            path.rename(moved_to)
+        except OSError as rename_error:
+            raise StageError(f"{path}: unreadable checkpoint ({err}), and it cannot be moved aside: {rename_error}") from err
+        raise DamagedCheckpoint(path, moved_to, str(err)[:300]) from err
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -26,7 +26,14 @@ from vlif_pipeline.io import StageError, write_json
 from vlif_pipeline.models import build_model, native
 from vlif_pipeline.models.base import Recommender
 from vlif_pipeline.registry import MODELS, TRAINER_DEFAULTS
-from vlif_pipeline.training.checkpoint import cpu_state_dict, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from vlif_pipeline.training.checkpoint import (
+    DamagedCheckpoint,
+    cpu_state_dict,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from vlif_pipeline.training.data import TrainData
 from vlif_pipeline.training.evaluator import Evaluator
 from vlif_pipeline.training.sampler import TripleSampler
@@ -226,7 +233,11 @@ class Trainer:
 
     def _resume(self, path: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         """Restore model, optimiser and RNG from ``path`` when it belongs to this configuration."""
-        saved = load_checkpoint(path, self.data.device)
+        try:
+            saved = load_checkpoint(path, self.data.device)
+        except DamagedCheckpoint as damaged:
+            self.logger.warning("%s: starting from scratch", damaged)
+            return None
         if saved is None:
             return None
         if saved.get("fingerprint") != self.fingerprint:

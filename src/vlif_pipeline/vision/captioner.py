@@ -26,6 +26,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,7 @@ class WorkItem:
     instruction: str
     image_path: str | None
     sort_length: int = 0
+    pixels: int = 0  # of the image as the model sees it (after load_image's reduction)
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,8 @@ class Captioner:
         self.pad_id = self.tokenizer.pad_token_id
         self.token_types = "mm_token_type_ids" in inspect.signature(self.model.forward).parameters
         self.max_new_tokens = max_new_tokens
+        size = getattr(self.image_processor, "size", None) or {}
+        self.max_pixels = int(size.get("longest_edge") or getattr(self.image_processor, "max_pixels", 0) or 12845056)
         # generate() fills every setting a caller leaves at its default from the checkpoint's
         # generation config, so a checkpoint's repetition penalty (Qwen2.5-VL ships 1.05) or sampling
         # would apply to the hf engine only; a fresh config leaves plain greedy decoding on both engines
@@ -291,21 +295,40 @@ class Captioner:
 # ---------------------------------------------------------------------------- the run
 
 
-def load_image(path: str) -> Image.Image:
-    """Decode one cached image fully (so failures surface here, per item)."""
+def load_image(path: str, max_pixels: int) -> Image.Image:
+    """Decode one cached image fully (so failures surface here, per item), reduced to at most
+    ``max_pixels`` (the model's per-image budget) while decoding.
+
+    Why: the image processor would shrink a 9000 x 9000 photo to that budget anyway, but only after
+    a batch of them had been held at full size (16 such images took the stage to 9.5 GiB). JPEGs
+    are decoded at a reduced scale (``draft``); other formats are decoded once and reduced at once,
+    so at most one full-size image exists at a time. Images within the budget are left as they are.
+    """
     from vlif_pipeline.vision.qwen_inputs import to_rgb
 
     with Image.open(path) as img:
+        width, height = img.size
+        if width * height > max_pixels:
+            scale = math.sqrt(max_pixels / (width * height))
+            img.thumbnail((max(1, math.floor(width * scale)), max(1, math.floor(height * scale))), Image.Resampling.BICUBIC)
         return to_rgb(img)
+
+
+def reduced_pixels(width: int, height: int, max_pixels: int) -> int:
+    """Pixels of a ``width`` x ``height`` image after :func:`load_image`'s reduction (an upper bound)."""
+    return min(width * height, max_pixels)
 
 
 class ShardRun:
     """Captions the work list in length-sorted batches, committing each batch to the cache."""
 
-    def __init__(self, captioner: Captioner, cache: CaptionCache, batch_size: int, logger: logging.Logger) -> None:
+    def __init__(
+        self, captioner: Captioner, cache: CaptionCache, batch_size: int, batch_pixels: int, logger: logging.Logger
+    ) -> None:
         self.captioner = captioner
         self.cache = cache
         self.batch_size = batch_size
+        self.batch_pixels = batch_pixels
         self.logger = logger
         self.generated = 0
 
@@ -344,10 +367,17 @@ class ShardRun:
         return results
 
     def _batches(self, work: list[WorkItem]) -> Iterator[list[WorkItem]]:
-        start = 0
-        while start < len(work):
-            batch = work[start:start + self.batch_size]
-            start += len(batch)
+        """Consecutive batches of at most ``batch_size`` items and ``batch_pixels`` image pixels
+        (a single item over the pixel budget goes alone): memory follows pixels, not item counts."""
+        batch: list[WorkItem] = []
+        pixels = 0
+        for item in work:
+            if batch and (len(batch) >= self.batch_size or pixels + item.pixels > self.batch_pixels):
+                yield batch
+                batch, pixels = [], 0
+            batch.append(item)
+            pixels += item.pixels
+        if batch:
             yield batch
 
     def _load_images(
@@ -358,7 +388,9 @@ class ShardRun:
         images: list[Image.Image | None] = []
         for item in batch:
             try:
-                images.append(None if item.image_path is None else load_image(item.image_path))
+                images.append(
+                    None if item.image_path is None else load_image(item.image_path, self.captioner.max_pixels)
+                )
                 ready.append(item)
             except Exception as err:  # Pillow raises many types for a corrupt file
                 self.logger.error("item i=%d: cannot decode %s: %s", item.i, item.image_path, err)
@@ -429,10 +461,11 @@ def caption_shard(args: argparse.Namespace, logger: logging.Logger) -> None:
         def with_length(item: WorkItem) -> WorkItem:
             row = items[item.i]
             size = (row["width"], row["height"]) if item.image_path else None
-            return replace(item, sort_length=captioner.estimate_length(item.instruction, size))
+            pixels = reduced_pixels(*size, captioner.max_pixels) if size else 0
+            return replace(item, sort_length=captioner.estimate_length(item.instruction, size), pixels=pixels)
 
         todo = sorted(map(with_length, todo_by_key.values()), key=lambda it: (it.sort_length, it.i))
-        fresh = ShardRun(captioner, cache, args.batch_size, logger).run(todo)
+        fresh = ShardRun(captioner, cache, args.batch_size, args.batch_pixels, logger).run(todo)
     rows = dict(fixed)
     for item in work:
         rows[item.i] = cached.get(item.key) or fresh[item.key]
@@ -462,6 +495,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cache-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-pixels", type=int, default=32_000_000,
+                        help="image pixels per batch at most, after each image's reduction to the model's budget")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--engine", choices=["auto", "hf", "fast"], default="auto")
@@ -483,8 +518,8 @@ def main(argv: list[str]) -> int:
     def body() -> None:
         if not 0 <= args.shard < args.n_shards:
             raise StageError(f"--shard must be in 0..{args.n_shards - 1} (--n-shards {args.n_shards}), got {args.shard}")
-        if min(args.batch_size, args.max_new_tokens, args.threads) < 1:
-            raise StageError("--batch-size, --max-new-tokens and --threads must be >= 1")
+        if min(args.batch_size, args.batch_pixels, args.max_new_tokens, args.threads) < 1:
+            raise StageError("--batch-size, --batch-pixels, --max-new-tokens and --threads must be >= 1")
         caption_shard(args, logger)
 
     return run_stage(body, logger)

@@ -1,7 +1,10 @@
 """Fetch product images into a content-addressed cache and write the manifest (stage ``images``).
 
-Each item's ``image_url`` is an http(s) URL or a local path (relative paths resolve against
-``--base-dir``). Bytes are fetched with bounded concurrency (threads: the work is I/O), a per-request
+Each item's ``image_url`` is an http(s) URL or, with ``--allow-local true`` only, a local path or
+``file://`` URL (relative paths resolve against ``--base-dir``): the URLs come from the dump, and a
+dump is not trusted to name files on this machine. A local path must be a regular file (a symlink
+counts as its target); it is read under the same byte cap, deadline and pixel guard as a download.
+Bytes are fetched with bounded concurrency (threads: the work is I/O), a per-request
 timeout and an overall deadline, retries with exponential backoff for transient failures (timeouts,
 connection errors, 408/429/5xx), a size cap, a content-type check, and Pillow verification with a
 pixel-count guard against decompression bombs. Good images are stored as ``<cache>/<sha256[:2]>/
@@ -11,7 +14,12 @@ under ``<cache>/by-url/`` so a rerun does not download them again.
 Statuses: ``ok``; ``missing_url`` (no URL); ``http_error`` (could not obtain the bytes: HTTP code in
 ``http_status``, or a connection error, truncated body or unreadable local file);
 ``timeout``; ``not_an_image`` (wrong content type or Pillow cannot read it); ``too_large`` (bytes over
-``--max-bytes`` or pixels over ``--max-pixels``). One row per item, in item order.
+``--max-bytes`` or pixels over ``--max-pixels``); ``local_not_allowed`` (a local path without
+``--allow-local true``); ``not_a_file`` (a local path to a device, FIFO, directory or other
+non-regular file: never opened). One row per item, in item order.
+
+When more than ``--max-failed-fraction`` of the items end without a usable image, the stage fails
+with the count of each status instead of writing a manifest that would make the captions text-only.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import hashlib
 import http.client
 import io
 import logging
+import os
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +43,7 @@ from PIL import Image
 
 from vlif_pipeline.io import StageError, atomic_path, require_row_ids, run_stage, setup_logging
 
-STATUSES = ("ok", "missing_url", "http_error", "timeout", "not_an_image", "too_large")
+STATUSES = ("ok", "missing_url", "http_error", "timeout", "not_an_image", "too_large", "local_not_allowed", "not_a_file")
 RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 USER_AGENT = "vlif-pipeline/0.1 (product image fetcher)"
 MANIFEST_SCHEMA = {
@@ -57,6 +67,7 @@ class FetchConfig:
     max_bytes: int = 20_000_000
     max_pixels: int = 89_478_485
     backoff: float = 0.5
+    allow_local: bool = False
 
 
 @dataclass
@@ -128,13 +139,29 @@ def _read_http(url: str, cfg: FetchConfig) -> tuple[bytes, int]:
 
 
 def _read_local(url: str, base_dir: Path, cfg: FetchConfig) -> bytes:
+    """A regular file's bytes within the byte cap and the deadline; anything else is refused unread."""
     path = Path(url[len("file://"):] if url.startswith("file://") else url)
     path = path if path.is_absolute() else base_dir / path
+    deadline = time.monotonic() + cfg.timeout
     try:
-        size = path.stat().st_size
-        if size > cfg.max_bytes:
-            raise FetchFailure("too_large", None, f"{path} has {size} bytes > {cfg.max_bytes}", False)
-        return path.read_bytes()
+        info = path.stat()  # of a symlink's target
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchFailure("not_a_file", None, f"{path} is not a regular file (mode {oct(info.st_mode)})", False)
+        if info.st_size > cfg.max_bytes:
+            raise FetchFailure("too_large", None, f"{path} has {info.st_size} bytes > {cfg.max_bytes}", False)
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it does not hang
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise FetchFailure("not_a_file", None, f"{path} is not a regular file", False)
+            chunks, size = [], 0
+            while chunk := fh.read(1 << 20):
+                size += len(chunk)
+                if size > cfg.max_bytes:
+                    raise FetchFailure("too_large", None, f"{path} exceeds {cfg.max_bytes} bytes", False)
+                if time.monotonic() > deadline:
+                    raise FetchFailure("timeout", None, f"{path} not read within {cfg.timeout}s", False)
+                chunks.append(chunk)
+        return b"".join(chunks)
     except OSError as err:
         raise FetchFailure("http_error", None, f"cannot read {path}: {err.strerror}", False) from None
 
@@ -213,6 +240,8 @@ def process_item(i: int, url: str | None, base_dir: Path, cache: ImageCache, cfg
         return ManifestRow(i, None, status="missing_url")
     url = url.strip()
     remote = _is_remote(url)
+    if not remote and not cfg.allow_local:
+        return ManifestRow(i, url, status="local_not_allowed")
     if remote and (hit := cache.lookup_url(url)) is not None:
         sha, ext = hit
         path = cache.path_for(sha, ext)
@@ -261,6 +290,12 @@ def build_manifest(
     return pl.DataFrame([asdict(row) for row in rows], schema=MANIFEST_SCHEMA)
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
+
+
 def main(argv: list[str]) -> int:
     """CLI: ``images --items P --base-dir D --cache-dir C --out P [limits] [--log P]``."""
     parser = argparse.ArgumentParser(prog="images", description=__doc__.splitlines()[0])
@@ -274,6 +309,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-bytes", type=int, default=20_000_000)
     parser.add_argument("--max-pixels", type=int, default=89_478_485, help="decompression-bomb guard")
     parser.add_argument("--backoff", type=float, default=0.5, help="first retry delay, doubled each time")
+    parser.add_argument("--allow-local", type=_flag, default=False, help="true: local paths and file:// too")
+    parser.add_argument("--max-failed-fraction", type=float, default=0.5,
+                        help="fail when a larger share of the items has no usable image")
     parser.add_argument("--log", default=None)
     args = parser.parse_args(argv)
     logger = setup_logging(args.log)
@@ -281,15 +319,25 @@ def main(argv: list[str]) -> int:
     def body() -> None:
         if args.concurrency < 1 or args.retries < 0 or args.timeout <= 0 or args.max_bytes < 1:
             raise StageError("--concurrency >= 1, --retries >= 0, --timeout > 0 and --max-bytes >= 1 required")
-        cfg = FetchConfig(args.timeout, args.retries, args.max_bytes, args.max_pixels, args.backoff)
+        cfg = FetchConfig(
+            args.timeout, args.retries, args.max_bytes, args.max_pixels, args.backoff, args.allow_local
+        )
         items = read_items(args.items)
         manifest = build_manifest(items, args.base_dir, args.cache_dir, cfg, args.concurrency, logger)
-        with atomic_path(args.out) as tmp:
-            manifest.write_parquet(tmp)
         counts = manifest["status"].value_counts(sort=True)
         summary = ", ".join(f"{s}={n}" for s, n in counts.iter_rows())
+        failed = int((manifest["status"] != "ok").sum())
+        if failed > args.max_failed_fraction * manifest.height:
+            hint = " (local paths need images.allow_local: true)" if "local_not_allowed" in summary else ""
+            raise StageError(
+                f"images: {failed} of {manifest.height} items have no usable image ({summary}){hint}, over "
+                f"images.max_failed_fraction {args.max_failed_fraction}; captions would be text-only. Check "
+                "the URLs and the network, or raise images.max_failed_fraction to accept it"
+            )
+        with atomic_path(args.out) as tmp:
+            manifest.write_parquet(tmp)
         logger.info("images: %d items -> %s (%s)", manifest.height, args.out, summary)
-        if (manifest["status"] != "ok").any():
-            logger.warning("images: %d items have no usable image", int((manifest["status"] != "ok").sum()))
+        if failed:
+            logger.warning("images: %d of %d items have no usable image (%s)", failed, manifest.height, summary)
 
     return run_stage(body, logger)
