@@ -34,6 +34,7 @@ import stat
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,6 +99,21 @@ def _is_remote(url: str) -> bool:
     return url.lower().startswith(("http://", "https://"))
 
 
+def _read_capped(
+    read: Callable[[], bytes], cfg: FetchConfig, deadline: float, what: str, code: int | None, retry_timeout: bool
+) -> bytes:
+    """All of ``read()``'s pieces, refused past ``cfg.max_bytes`` bytes or past ``deadline``."""
+    chunks, size = [], 0
+    while chunk := read():
+        size += len(chunk)
+        if size > cfg.max_bytes:
+            raise FetchFailure("too_large", code, f"{what} exceeds {cfg.max_bytes} bytes", False)
+        if time.monotonic() > deadline:
+            raise FetchFailure("timeout", code, f"{what} not complete within {cfg.timeout}s", retry_timeout)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _read_http(url: str, cfg: FetchConfig) -> tuple[bytes, int]:
     """GET ``url`` (redirects followed by urllib) within the size cap and an overall deadline."""
     deadline = time.monotonic() + cfg.timeout
@@ -111,19 +127,12 @@ def _read_http(url: str, cfg: FetchConfig) -> tuple[bytes, int]:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > cfg.max_bytes:
                 raise FetchFailure("too_large", code, f"Content-Length {length} > {cfg.max_bytes}", False)
-            chunks, size = [], 0
             # read1: whatever has arrived (at most one socket read), so that a server trickling bytes
             # slower than the per-read timeout still meets the whole-body deadline
-            while chunk := response.read1(64 * 1024):
-                size += len(chunk)
-                if size > cfg.max_bytes:
-                    raise FetchFailure("too_large", code, f"body exceeds {cfg.max_bytes} bytes", False)
-                if time.monotonic() > deadline:
-                    raise FetchFailure("timeout", code, f"body not complete within {cfg.timeout}s", True)
-                chunks.append(chunk)
-            if length and length.isdigit() and size < int(length):
-                raise FetchFailure("http_error", code, f"truncated body: {size} of {length} bytes", True)
-            return b"".join(chunks), code
+            body = _read_capped(lambda: response.read1(64 * 1024), cfg, deadline, "body", code, retry_timeout=True)
+            if length and length.isdigit() and len(body) < int(length):
+                raise FetchFailure("http_error", code, f"truncated body: {len(body)} of {length} bytes", True)
+            return body, code
     except urllib.error.HTTPError as err:
         raise FetchFailure("http_error", err.code, f"HTTP {err.code}", err.code in RETRYABLE_HTTP) from None
     except TimeoutError:
@@ -153,15 +162,7 @@ def _read_local(url: str, base_dir: Path, cfg: FetchConfig) -> bytes:
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise FetchFailure("not_a_file", None, f"{path} is not a regular file", False)
-            chunks, size = [], 0
-            while chunk := fh.read(1 << 20):
-                size += len(chunk)
-                if size > cfg.max_bytes:
-                    raise FetchFailure("too_large", None, f"{path} exceeds {cfg.max_bytes} bytes", False)
-                if time.monotonic() > deadline:
-                    raise FetchFailure("timeout", None, f"{path} not read within {cfg.timeout}s", False)
-                chunks.append(chunk)
-        return b"".join(chunks)
+            return _read_capped(lambda: fh.read(1 << 20), cfg, deadline, str(path), None, retry_timeout=False)
     except OSError as err:
         raise FetchFailure("http_error", None, f"cannot read {path}: {err.strerror}", False) from None
 
