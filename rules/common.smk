@@ -9,10 +9,11 @@ import re
 import shlex
 from urllib.parse import urlparse
 
+from vlif_pipeline import sweep
 from vlif_pipeline.codedeps import stage_sources
 from vlif_pipeline.config import TINY_VLM, dataset_config, is_url, main_run, mmrec_inter, run_id, slug
 from vlif_pipeline.config import parse_run_id, train_params as run_params, visual_variant
-from vlif_pipeline.registry import FUSIONS, PROMPTS, VARIANTS
+from vlif_pipeline.registry import FUSIONS, MODELS, PROMPTS, VARIANTS
 
 CPU_ENV = "../envs/cpu.yaml"
 GPU_ENV = "../envs/gpu.yaml"
@@ -233,8 +234,61 @@ def input_flags(**flags):
     return present
 
 
-def main_run_metrics(w):
-    return f"results/{w.ds}/runs/{main_run(C(w.ds))}/metrics.json"
+def run_metrics(ds, run):
+    return f"results/{ds}/runs/{run}/metrics.json"
+
+
+def main_parts(ds, model):
+    """The features and fusion of `model`'s row in the comparison table: the main run's."""
+    cfg = C(ds)
+    variant = visual_variant(cfg) if MODELS[model].uses_features else None
+    return variant, (cfg["train"]["fusion"] if model == "vlif" else None)
+
+
+def sweep_plan(w):
+    """The grid of {model} on the main run's features, in grid order: each point with its runs' files."""
+    cfg = C(w.ds)
+    variant, fusion = main_parts(w.ds, w.model)
+    plan = [
+        {"settings": point, "runs": [run_metrics(w.ds, run_id(w.model, variant, fusion, sweep.name(run)))
+                                     for run in sweep.with_seeds(cfg, point)]}
+        for point in sweep.points(cfg, w.model)
+    ]
+    if not plan:
+        raise ValueError(f"results/{w.ds}/sweep/{w.model}: the configuration has no sweep.{w.model} for dataset {w.ds}")
+    return plan
+
+
+def sweep_inputs(w):
+    return [path for point in sweep_plan(w) for path in point["runs"]]
+
+
+def sweep_plan_json(w):
+    return shlex.quote(json.dumps(sweep_plan(w)))
+
+
+def model_result(ds, model):
+    """What stands for `model` in the reports: its run on the main features, or when the dataset
+    sweeps it its grid selection, which names the runs (one per seed) of the point chosen on validation."""
+    if sweep.grid(C(ds), model) is not None:
+        return f"results/{ds}/sweep/{model}.json"
+    return run_metrics(ds, run_id(model, *main_parts(ds, model)))
+
+
+def main_result(w):
+    return model_result(w.ds, C(w.ds)["train"]["model"])
+
+
+def chosen_runs(ds, model, variant, fusion):
+    """`model`'s run on other features or with another fusion (the ablation), at the grid point chosen
+    on validation when it is swept: read from rule `sweep_select`, a checkpoint, since these runs
+    depend on what it chose."""
+    cfg = C(ds)
+    if sweep.grid(cfg, model) is None:
+        return [run_id(model, variant, fusion)]
+    selection = checkpoints.sweep_select.get(ds=ds, model=model).output.json
+    chosen = json.loads(Path(selection).read_text())["chosen"]["settings"]
+    return [run_id(model, variant, fusion, sweep.name(run)) for run in sweep.with_seeds(cfg, chosen)]
 
 
 def config_json(w):
@@ -242,19 +296,19 @@ def config_json(w):
 
 
 def table_runs(w):
+    """Table 1 of the paper: the baselines, then the main model, each at its chosen grid point."""
     cfg = C(w.ds)
-    variant = visual_variant(cfg)
-    baselines = [run_id(m, variant) for m in cfg["report"]["baselines"]]
-    return [f"results/{w.ds}/runs/{r}/metrics.json" for r in baselines + [main_run(cfg)]]
+    return [model_result(w.ds, model) for model in [*cfg["report"]["baselines"], cfg["train"]["model"]]]
 
 
 def ablation_runs(w):
-    """Table 2 of the paper: image features (with PID fusion), then fusions (with the main run's features)."""
+    """Table 2 of the paper: image features (with PID fusion), then fusions (with the main run's
+    features), all at VLIF's chosen grid point when VLIF is swept."""
     cfg = C(w.ds)
     entry = cfg["dataset"]
     variants = [] if entry["format"] == "mmrec" else ["vlm_plain", "vlm_title"]
     if entry["format"] in ("synthetic", "mmrec") or "image_features" in entry:
         variants.insert(0, "original")
-    runs = [run_id("vlif", v, "pid") for v in variants]
-    runs += [run_id("vlif", visual_variant(cfg), f) for f in FUSIONS if f != "pid"]
-    return [f"results/{w.ds}/runs/{r}/metrics.json" for r in runs]
+    rows = [(variant, "pid") for variant in variants]
+    rows += [(visual_variant(cfg), fusion) for fusion in FUSIONS if fusion != "pid"]
+    return [run_metrics(w.ds, run) for variant, fusion in rows for run in chosen_runs(w.ds, "vlif", variant, fusion)]

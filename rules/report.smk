@@ -6,7 +6,7 @@ rule report_metrics:
         "results/{ds}/metrics.json",
     input:
         unpack(visual_inputs),
-        run=main_run_metrics,
+        run=main_result,
         stats="results/{ds}/kcore/stats.json",
         ingest="results/{ds}/ingest_report.json",
         code=code("report"),
@@ -55,3 +55,23 @@ rule report_ablation:
         CPU_ENV
     shell:
         "python -m vlif_pipeline report ablation --runs {input.runs} --dataset {wildcards.ds} --out {output} > {log} 2>&1"
+
+
+checkpoint sweep_select:
+    output:
+        json="results/{ds}/sweep/{model}.json",
+        md="results/{ds}/sweep/{model}.md",
+    input:
+        runs=sweep_inputs,
+        code=code("report"),
+    wildcard_constraints:
+        model="|".join(MODELS),
+    params:
+        plan=sweep_plan_json,
+    log:
+        "results/{ds}/logs/sweep_{model}.log",
+    conda:
+        CPU_ENV
+    shell:
+        "python -m vlif_pipeline report sweep --plan {params.plan} --model {wildcards.model} --dataset {wildcards.ds}"
+        " --out {output.json} --out-md {output.md} > {log} 2>&1"

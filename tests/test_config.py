@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from vlif_pipeline import config as cfgmod
+from vlif_pipeline import sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -47,6 +48,12 @@ def test_shipped_config_is_valid(shipped: dict) -> None:
         (lambda c: c["models"].update(sasrec={}), "models: 'sasrec' is not one of"),
         (lambda c: c["train"].update(native="yes"), "train.native: 'yes' is not one of"),
         (lambda c: c["train"].update(reg_weight=0.1), "train: unknown key(s) ('reg_weight' was unexpected)"),
+        (lambda c: c["sweep"].update(sasrec={"n_layers": [1]}), "sweep: 'sasrec' is not one of"),
+        (lambda c: c["sweep"].update(lightgcn={"n_layer": [1, 2]}), "sweep.lightgcn.n_layer: not a setting a lightgcn grid can vary"),
+        (lambda c: c["sweep"].update(vlif={"fusion": ["pid"]}), "sweep.vlif.fusion: not a setting a vlif grid can vary"),
+        (lambda c: c["sweep"].update(lightgcn={"n_layers": [1, "two"]}), "sweep.lightgcn.n_layers: 'two' is not a non-negative integer"),
+        (lambda c: c["sweep"].update(lightgcn={"n_layers": []}), "sweep.lightgcn.n_layers: [] should be non-empty"),
+        (lambda c: c["sweep"].update(seeds=[1, 1]), "sweep.seeds: [1, 1] has non-unique elements"),
     ],
 )
 def test_bad_config_names_key_and_problem(shipped: dict, mutate, expected: str) -> None:
@@ -102,11 +109,15 @@ def test_an_mmrec_dataset_needs_one_inter_file_or_a_name(shipped: dict, tmp_path
 
 
 def test_run_ids_round_trip() -> None:
-    for args in [("vlif", "vlm_title", "pid"), ("freedom", "original", None), ("lightgcn", None, None)]:
+    for args in [
+        ("vlif", "vlm_title", "pid", None), ("freedom", "original", None, None), ("lightgcn", None, None, None),
+        ("vlif", "vlm_title", "pid", "lambda=0.01,seed=2"), ("bpr", None, None, "reg_weight=1e-05"),
+    ]:
         name = cfgmod.run_id(*args)
-        assert cfgmod.parse_run_id(name) == dict(zip(("model", "variant", "fusion"), args))
-    with pytest.raises(cfgmod.ConfigError):
-        cfgmod.parse_run_id("vlif__vlm_title")
+        assert cfgmod.parse_run_id(name) == dict(zip(("model", "variant", "fusion", "point"), args))
+    for bad in ("vlif__vlm_title", "bpr@", "bpr__original@x"):
+        with pytest.raises(cfgmod.ConfigError):
+            cfgmod.parse_run_id(bad)
 
 
 def test_visual_variant_follows_prompt(shipped: dict) -> None:
@@ -140,3 +151,36 @@ def test_numbers_written_as_yaml_reads_them_are_numbers(shipped: dict) -> None:
     shipped["train"]["batch_size"] = "2.5e0"  # not an integer: still refused
     with pytest.raises(cfgmod.ConfigError, match="train.batch_size: 2.5 is not of type 'integer'"):
         cfgmod.validate(shipped, SCHEMA)
+
+
+def test_a_grid_is_the_product_of_its_lists_and_each_run_names_its_point(shipped: dict) -> None:
+    shipped["sweep"] = {"lightgcn": {"n_layers": [1, 2], "learning_rate": ["1e-3", 0.01]}, "seeds": [1, 2]}
+    cfgmod.validate(shipped, SCHEMA)
+    cfg = cfgmod.dataset_config(shipped, "demo")
+    names = [sweep.name(s) for s in sweep.runs(cfg, "lightgcn")]
+    assert names[:3] == [
+        "n_layers=1,learning_rate=0.001,seed=1", "n_layers=1,learning_rate=0.001,seed=2",
+        "n_layers=1,learning_rate=0.01,seed=1",
+    ]
+    assert len(names) == 8 and sweep.runs(cfg, "bpr") == []
+    params = cfgmod.train_params(cfg, cfgmod.run_id("lightgcn", point=names[2]))
+    assert (params["n_layers"], params["learning_rate"], params["seed"], params["max_epochs"]) == (1, 0.01, 1, 300)
+    with pytest.raises(cfgmod.ConfigError, match="not a run of the configured sweep of lightgcn"):
+        cfgmod.train_params(cfg, "lightgcn@n_layers=3,learning_rate=0.001,seed=1")
+
+
+def test_adding_a_value_keeps_every_existing_runs_name_and_parameters(shipped: dict) -> None:
+    shipped["sweep"] = {"vlif": {"lambda": [0.1, 0.01]}}
+    before = cfgmod.dataset_config(shipped, "baby")
+    shipped["sweep"]["vlif"]["lambda"].append(0.001)
+    after = cfgmod.dataset_config(shipped, "baby")
+    old = {sweep.name(s): cfgmod.train_params(before, f"vlif__vlm_title__pid@{sweep.name(s)}") for s in sweep.runs(before, "vlif")}
+    new = {sweep.name(s): cfgmod.train_params(after, f"vlif__vlm_title__pid@{sweep.name(s)}") for s in sweep.runs(after, "vlif")}
+    assert set(new) == set(old) | {"lambda=0.001"} and all(new[name] == old[name] for name in old)
+
+
+def test_long_grid_points_get_short_names() -> None:
+    settings = {f"setting_{k}": 0.000123 * k for k in range(12)}
+    name = sweep.name(settings)
+    assert len(name) == sweep.MAX_NAME and name.startswith("setting_0=0,setting_1=0.000123")
+    assert name != sweep.name({**settings, "setting_11": 1.0})

@@ -79,3 +79,45 @@ def test_a_run_whose_images_all_failed_says_so(tmp_path: Path) -> None:
     assert cli.main(["table", "--runs", str(run), *visual, "--dataset", "toy", "--out", str(table)]) == 0
     assert ("Visual modality (VLM with title): 1 of 10 items had a usable image; 1 captions from an image, "
             "9 from the title alone") in table.read_text()
+
+
+def write_sweep_runs(tmp_path: Path, valid: list[list[float]], test: list[list[float]]) -> list[dict]:
+    """A grid plan of len(valid) points with one run per seed; each run's valid and test Recall@20 given."""
+    plan = []
+    for index, (valid_point, test_point) in enumerate(zip(valid, test, strict=True)):
+        runs = []
+        for seed, (v, t) in enumerate(zip(valid_point, test_point, strict=True)):
+            metrics = figures(t)
+            metrics["valid"] = {**metrics["valid"], "recall@20": v}
+            runs.append(str(write_run(tmp_path, f"lightgcn@n_layers={index},seed={seed}", metrics)))
+        plan.append({"settings": {"n_layers": index}, "runs": runs})
+    return plan
+
+
+def select(tmp_path: Path, plan: list[dict]) -> dict:
+    out = tmp_path / "sweep" / "lightgcn.json"
+    assert cli.main(["sweep", "--plan", json.dumps(plan), "--model", "lightgcn", "--dataset", "toy",
+                     "--out", str(out), "--out-md", str(out.with_suffix(".md"))]) == 0
+    return json.loads(out.read_text())
+
+
+def test_selection_reads_validation_only(tmp_path: Path) -> None:
+    """Permuting the test figures across the grid never changes the choice; the valid mean decides."""
+    valid = [[0.20, 0.22], [0.25, 0.19], [0.21, 0.21], [0.18, 0.30]]  # means .21 .22 .21 .24
+    test = [[0.50, 0.10], [0.11, 0.12], [0.90, 0.95], [0.13, 0.14]]
+    for shift in range(4):
+        permuted = test[shift:] + test[:shift]
+        chosen = select(tmp_path / str(shift), write_sweep_runs(tmp_path / str(shift), valid, permuted))["chosen"]
+        assert chosen["settings"] == {"n_layers": 3} and chosen["index"] == 3
+
+
+def test_selection_ties_go_to_the_earlier_point_and_the_tables_show_mean_and_std(tmp_path: Path) -> None:
+    selection = select(tmp_path, write_sweep_runs(tmp_path, [[0.2, 0.3], [0.3, 0.2]], [[0.1, 0.3], [0.9, 0.9]]))
+    assert selection["chosen"]["index"] == 0
+    assert selection["chosen"]["figures"]["valid recall@20"]["mean"] == pytest.approx(0.25)
+    markdown = (tmp_path / "sweep" / "lightgcn.md").read_text()
+    assert "| **chosen** | 0 | 0.2500 ± 0.0707 | 0.2000 ± 0.1414 |" in markdown
+    table = tmp_path / "t.md"
+    assert cli.main(["table", "--runs", str(tmp_path / "sweep" / "lightgcn.json"), "--dataset", "toy",
+                     "--out", str(table)]) == 0
+    assert "| LightGCN (n_layers=0) | **0.1000 ± 0.0707** | **0.2000 ± 0.1414** |" in table.read_text()

@@ -168,6 +168,39 @@ def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
         np.testing.assert_array_equal(np.load(demo / "results/demo/features" / name), np.load(demo / "results/mm/features" / name))
 
 
+SWEEP = """\
+datasets:
+  demo:
+    sweep:
+      bpr: {{reg_weight: [0.001, 0.0001], learning_rate: [0.01, 0.001], max_epochs: [4]}}
+      lightgcn: {{n_layers: [1, 2], reg_weight: [{lightgcn_reg}], max_epochs: [4]}}
+"""
+
+
+def test_a_demo_sweep_trains_each_point_once_and_reports_the_chosen_ones(demo: Path) -> None:
+    """2 x 2 grids for two models: one job per point, selection on validation, the tables at the
+    chosen points; adding a value trains only the new points and removing one retrains nothing."""
+    grid = write_config(demo, "sweep.yaml", SWEEP.format(lightgcn_reg="0.001, 0.0001"))
+    args = ("--configfile", "config/config.yaml", grid, "--")
+    targets = ("results/demo/table.md", "results/demo/sweep/bpr.md", "results/demo/sweep/lightgcn.md")
+    assert planned_jobs(snakemake(demo, "-n", *args, *targets)).get("train") == 8
+    result = snakemake(demo, "--cores", "2", *args, *targets)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    selection = json.loads((demo / "results/demo/sweep/lightgcn.json").read_text())
+    assert len(selection["points"]) == 4 and selection["chosen"]["settings"]["n_layers"] in (1, 2)
+    valid = [p["figures"]["valid recall@20"]["mean"] for p in selection["points"]]
+    assert selection["chosen"]["figures"]["valid recall@20"]["mean"] == max(valid)
+    table = (demo / "results/demo/table.md").read_text()
+    assert f"| LightGCN ({selection['chosen']['name']}) |" in table and "| VLIF (VLM with title) |" in table
+    assert "**chosen**" in (demo / "results/demo/sweep/bpr.md").read_text()
+    wider = write_config(demo, "wider.yaml", SWEEP.format(lightgcn_reg="0.001, 0.0001, 0.00001"))
+    jobs = planned_jobs(snakemake(demo, "-n", "--configfile", "config/config.yaml", wider, "--", *targets))
+    assert jobs.get("train") == 2, jobs  # the two new points only
+    narrower = write_config(demo, "narrower.yaml", SWEEP.format(lightgcn_reg="0.001"))
+    jobs = planned_jobs(snakemake(demo, "-n", "--configfile", "config/config.yaml", narrower, "--", *targets))
+    assert "train" not in jobs and {"sweep_select", "report_table"} <= set(jobs), jobs
+
+
 def test_killed_workflow_resumes_training_without_redoing_finished_jobs(demo: Path) -> None:
     """Kill Snakemake mid-training; the rerun redoes no finished job and training resumes its checkpoint."""
     import signal

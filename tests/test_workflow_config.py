@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from vlif_pipeline.codedeps import PACKAGE, stage_sources
-from workflow_utils import copy_workflow, snakemake
+from workflow_utils import copy_workflow, planned_jobs, snakemake
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +129,12 @@ def test_a_dataset_folder_with_spaces_and_shell_characters_runs(workdir: Path) -
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     statuses = pl.read_parquet(workdir / "results/spaced/images/manifest.parquet")["status"]
     assert (statuses == "ok").all(), statuses.value_counts()
+
+
+def test_the_reference_grids_plan_one_training_job_per_point_on_baby(workdir: Path) -> None:
+    """config/presets/grids.yaml, offline: 7 BPR + 20 LightGCN + 8 FREEDOM + 6 VLIF points, popularity."""
+    result = snakemake(
+        workdir, "-n", "--configfile", "config/config.yaml", "config/presets/grids.yaml", "--", "results/baby/table.md"
+    )
+    jobs = planned_jobs(result)
+    assert jobs["train"] == 7 + 20 + 8 + 6 + 1 and jobs["sweep_select"] == 4, jobs

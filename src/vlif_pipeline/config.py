@@ -16,11 +16,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from vlif_pipeline import sweep
 from vlif_pipeline.registry import FUSIONS, MODELS, PARAM_CHOICES, TRAINER_DEFAULTS, VARIANTS, caption_variant
 
 STAGE_SECTIONS = (
     "seed", "kcore", "split", "missing_meta", "ingest", "images", "vlm", "text_encoder",
-    "captions", "graphs", "train", "models", "report",
+    "captions", "graphs", "train", "models", "sweep", "report",
 )
 RUN_KEYS = ("model", "visual", "fusion")  # the train section's choice of the main run
 RESOURCE_KEYS = ("device", "gpus")  # the train section's keys for where a run goes, not what it computes
@@ -78,26 +79,35 @@ def _numbers_as_written(config: dict[str, Any], validator: jsonschema.Draft20201
             break
     for _, model, params in _model_entries(config):
         for key, value in params.items():
-            default = MODELS[model].defaults.get(key)
-            if isinstance(default, (int, float)) and not isinstance(default, bool):
-                number = _as_number(value)
-                params[key] = value if number is None else number
+            params[key] = _as_default_kind(value, MODELS[model].defaults.get(key))
+    for _, model, grid in _model_entries(config, "sweep"):
+        for key, values in grid.items():
+            if isinstance(values, list):
+                grid[key] = [_as_default_kind(value, sweepable(model).get(key)) for value in values]
 
 
-def _model_entries(config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(where, model, parameters) of every registered model's entry in a ``models`` section, the
-    global one and each dataset's; entries the schema refuses (unknown models, non-mappings) are
-    left to its messages."""
-    sections = [("models", config.get("models"))]
+def _as_default_kind(value: Any, default: Any) -> Any:
+    """A string written as a number becomes that number where ``default`` is a number."""
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        number = _as_number(value)
+        return value if number is None else number
+    return value
+
+
+def _model_entries(config: dict[str, Any], section: str = "models") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(where, model, mapping) of every registered model's entry in a per-model ``section``
+    (``models`` or ``sweep``), the global one and each dataset's; entries the schema refuses
+    (unknown models, non-mappings) are left to its messages."""
+    sections = [(section, config.get(section))]
     sections += [
-        (f"datasets.{name}.models", entry.get("models"))
+        (f"datasets.{name}.{section}", entry.get(section))
         for name, entry in (config.get("datasets") or {}).items()
         if isinstance(entry, dict)
     ]
-    for where, section in sections:
-        for model, params in section.items() if isinstance(section, dict) else ():
-            if model in MODELS and isinstance(params, dict):
-                yield where, model, params
+    for where, mapping in sections:
+        for model, entry in mapping.items() if isinstance(mapping, dict) else ():
+            if model in MODELS and isinstance(entry, dict):
+                yield where, model, entry
 
 
 def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Path = ".") -> None:
@@ -112,7 +122,7 @@ def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Pat
     problems = []
     for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         problems.append(f"{_key_path(err.absolute_path)}: {_describe(err)}")
-    problems += _model_problems(config)
+    problems += _model_problems(config) + _sweep_problems(config)
     for name, entry in (config.get("datasets") or {}).items():
         if not isinstance(entry, dict):
             continue
@@ -176,6 +186,28 @@ def _model_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def sweepable(model: str) -> dict[str, Any]:
+    """Settings a grid of ``model`` may vary, with their defaults: the model's parameters but its
+    fusion (a run's fusion is its ablation row) and the trainer's settings but the seed (``seeds``)."""
+    own = {key: value for key, value in MODELS[model].defaults.items() if key != "fusion"}
+    return {**own, **{key: value for key, value in TRAINER_DEFAULTS.items() if key != "seed"}}
+
+
+def _sweep_problems(config: dict[str, Any]) -> list[str]:
+    """Unknown settings in a grid, and values of the wrong kind (each value checked like a model parameter)."""
+    problems = []
+    for where, model, grid in _model_entries(config, "sweep"):
+        known = sweepable(model)
+        for key, values in grid.items():
+            if key not in known:
+                problems.append(f"{where}.{model}.{key}: not a setting a {model} grid can vary (known: {', '.join(known)})")
+                continue
+            for value in values if isinstance(values, list) else ():
+                if (why := _kind_problem(key, value, known[key])) is not None:
+                    problems.append(f"{where}.{model}.{key}: {why}")
+    return problems
+
+
 def _kind_problem(key: str, value: Any, default: Any) -> str | None:
     """Why ``value`` cannot stand where ``default`` does, or None."""
     if key in PARAM_CHOICES:
@@ -232,26 +264,33 @@ def visual_variant(cfg: dict[str, Any]) -> str:
     return caption_variant(cfg["vlm"]["prompt"])
 
 
-def run_id(model: str, variant: str | None = None, fusion: str | None = None) -> str:
-    """Name of a training run folder: `vlif__vlm_title__pid`, `freedom__original`, `lightgcn`."""
+def run_id(model: str, variant: str | None = None, fusion: str | None = None, point: str | None = None) -> str:
+    """Name of a training run folder: `vlif__vlm_title__pid`, `freedom__original`, `lightgcn`, and
+    for a run of a sweep its settings after an `@` (`lightgcn@n_layers=2,seed=1`, see sweep.py)."""
     if model == "vlif":
-        return f"vlif__{variant}__{fusion}"
-    if MODELS[model].uses_features:
-        return f"{model}__{variant}"
-    return model
+        base = f"vlif__{variant}__{fusion}"
+    elif MODELS[model].uses_features:
+        base = f"{model}__{variant}"
+    else:
+        base = model
+    return base if point is None else f"{base}@{point}"
 
 
 def parse_run_id(run: str) -> dict[str, str | None]:
     """Inverse of `run_id`; raises `ConfigError` for a name the pipeline would never produce."""
-    parts = run.split("__")
+    base, _, point = run.partition("@")
+    parts = base.split("__")
     model = parts[0]
     known = model in MODELS and len(parts) == (3 if model == "vlif" else 2 if MODELS[model].uses_features else 1)
     if not known or (len(parts) > 1 and parts[1] not in VARIANTS) or (len(parts) > 2 and parts[2] not in FUSIONS):
         raise ConfigError(f"run '{run}': not a run name this pipeline produces")
+    if "@" in run and not point:
+        raise ConfigError(f"run '{run}': no sweep point after '@'")
     return {
         "model": model,
         "variant": parts[1] if len(parts) > 1 else None,
         "fusion": parts[2] if len(parts) > 2 else None,
+        "point": point or None,
     }
 
 
@@ -264,12 +303,18 @@ def train_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
     """Everything that decides what run `run` computes, for the trainer: the trainer settings of the
     train section and the seed, the model's own parameters (`models.<model>`) and the run's fusion.
 
-    Only these reach a run, so changing another model's parameter reruns nothing of this one.
+    Only these reach a run, so changing another model's parameter reruns nothing of this one. A
+    run of a sweep (`@point`) takes its grid point's settings (and seed) over them.
     """
     parts = parse_run_id(run)
     model = str(parts["model"])
     trainer = {key: value for key, value in cfg["train"].items() if key in TRAINER_DEFAULTS}
     params = {**trainer, "seed": cfg["seed"], **(cfg.get("models") or {}).get(model, {})}
+    if parts["point"] is not None:
+        settings = sweep.settings_of(cfg, model, parts["point"])
+        if settings is None:
+            raise ConfigError(f"run '{run}': '{parts['point']}' is not a run of the configured sweep of {model}")
+        params.update(settings)
     if parts["fusion"] is not None:
         params["fusion"] = parts["fusion"]
     return params
