@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from vlif_pipeline import sweep
 from vlif_pipeline.codedeps import stage_sources
-from vlif_pipeline.config import TINY_VLM, dataset_config, is_url, main_run, mmrec_inter, run_id, slug
+from vlif_pipeline.config import TINY_VLM, dataset_config, is_url, item_graph_weight, main_run, mmrec_inter, run_id, slug
 from vlif_pipeline.config import parse_run_id, train_params as run_params, visual_variant
 from vlif_pipeline.registry import FUSIONS, MODELS, PROMPTS, VARIANTS
 
@@ -30,6 +30,7 @@ wildcard_constraints:
     k=r"\d+",
     shard=r"\d+",
     n=r"\d+",
+    weight=r"[0-9.e-]+",
 
 
 def C(ds):
@@ -171,7 +172,7 @@ def title_flag(w):
 
 def knn_weights(w):
     """The item kNN graph's weights of the visual and the text similarities: S = w S_v + (1 - w) S_t."""
-    weight = C(w.ds)["graphs"]["visual_weight"]
+    weight = float(w.weight)
     return [weight, round(1 - weight, 10)]
 
 
@@ -209,7 +210,8 @@ def train_inputs(w):
     if run["variant"]:
         files["text"] = f"{base}/features/text.npy"
         files["visual"] = f"{base}/features/visual__{run['variant']}.npy"
-        files["item_knn"] = f"{base}/graphs/item_knn__{run['variant']}__k{cfg['graphs']['item_k']}.npz"
+        weight = format(item_graph_weight(cfg, run["model"]), "g")
+        files["item_knn"] = f"{base}/graphs/item_knn__{run['variant']}__k{cfg['graphs']['item_k']}__w{weight}.npz"
     if run["model"] == "vlif":
         files["user_user"] = f"{base}/graphs/user_user__k{cfg['graphs']['user_k']}.npz"
     return files
@@ -267,12 +269,29 @@ def sweep_plan_json(w):
     return shlex.quote(json.dumps(sweep_plan(w)))
 
 
+def has_cnn_features(ds):
+    """Whether the dataset has the 2014 release's CNN image features (visual variant `original`)."""
+    entry = C(ds)["dataset"]
+    return entry["format"] in ("synthetic", "mmrec") or "image_features" in entry
+
+
 def model_result(ds, model):
     """What stands for `model` in the reports: its run on the main features, or when the dataset
     sweeps it its grid selection, which names the runs (one per seed) of the point chosen on validation."""
     if sweep.grid(C(ds), model) is not None:
         return f"results/{ds}/sweep/{model}.json"
     return run_metrics(ds, run_id(model, *main_parts(ds, model)))
+
+
+def baseline_results(ds, model):
+    """A baseline's rows in Table 1: a content baseline runs on the CNN features, as the paper's
+    table did, where the dataset has them, and on the main run's features beside them."""
+    cfg = C(ds)
+    variant, fusion = main_parts(ds, model)
+    rows = [model_result(ds, model)]
+    if variant not in (None, "original") and has_cnn_features(ds):
+        rows.insert(0, run_metrics(ds, run_id(model, "original", fusion)))
+    return rows
 
 
 def main_result(w):
@@ -298,16 +317,16 @@ def config_json(w):
 def table_runs(w):
     """Table 1 of the paper: the baselines, then the main model, each at its chosen grid point."""
     cfg = C(w.ds)
-    return [model_result(w.ds, model) for model in [*cfg["report"]["baselines"], cfg["train"]["model"]]]
+    rows = [row for model in cfg["report"]["baselines"] for row in baseline_results(w.ds, model)]
+    return rows + [model_result(w.ds, cfg["train"]["model"])]
 
 
 def ablation_runs(w):
     """Table 2 of the paper: image features (with PID fusion), then fusions (with the main run's
     features), all at VLIF's chosen grid point when VLIF is swept."""
     cfg = C(w.ds)
-    entry = cfg["dataset"]
-    variants = [] if entry["format"] == "mmrec" else ["vlm_plain", "vlm_title"]
-    if entry["format"] in ("synthetic", "mmrec") or "image_features" in entry:
+    variants = [] if cfg["dataset"]["format"] == "mmrec" else ["vlm_plain", "vlm_title"]
+    if has_cnn_features(w.ds):
         variants.insert(0, "original")
     rows = [(variant, "pid") for variant in variants]
     rows += [(visual_variant(cfg), fusion) for fusion in FUSIONS if fusion != "pid"]

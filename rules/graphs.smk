@@ -19,7 +19,7 @@ rule graph_user_item:
 
 rule graph_item_knn:
     output:
-        "results/{ds}/graphs/item_knn__{variant}__k{k}.npz",
+        "results/{ds}/graphs/item_knn__{variant}__k{k}__w{weight}.npz",
     input:
         visual="results/{ds}/features/visual__{variant}.npy",
         text="results/{ds}/features/text.npy",
@@ -29,9 +29,9 @@ rule graph_item_knn:
         self_loop=setting("graphs", "self_loop"),
     threads: 8
     log:
-        "results/{ds}/logs/graph_item_knn__{variant}__k{k}.log",
+        "results/{ds}/logs/graph_item_knn__{variant}__k{k}__w{weight}.log",
     benchmark:
-        "results/{ds}/benchmarks/graph_item_knn__{variant}__k{k}.tsv"
+        "results/{ds}/benchmarks/graph_item_knn__{variant}__k{k}__w{weight}.tsv"
     conda:
         CPU_ENV
     shell:

@@ -43,7 +43,7 @@ def test_shipped_config_is_valid(shipped: dict) -> None:
         (lambda c: c["models"].update(vlif={"n_heads": 2.5}), "models.vlif.n_heads: 2.5 is not a non-negative integer"),
         (lambda c: c["models"].update(vlif={"fusion": "sum"}), "models.vlif.fusion: 'sum' is not one of"),
         (lambda c: c["models"].update(vlif={"restrict": "yes"}), "models.vlif.restrict: 'yes' is not one of"),
-        (lambda c: c["models"].update(popularity={"reg_weight": 0.1}), "models.popularity.reg_weight: unknown parameter of popularity (known: none)"),
+        (lambda c: c["models"].update(popularity={"reg_weight": 0.1}), "models.popularity.reg_weight: unknown parameter of popularity (known: learning_rate"),
         (lambda c: c["datasets"]["demo"]["models"].update(vlif={"lambda": "high"}), "datasets.demo.models.vlif.lambda: 'high' is not a non-negative number"),
         (lambda c: c["models"].update(sasrec={}), "models: 'sasrec' is not one of"),
         (lambda c: c["train"].update(native="yes"), "train.native: 'yes' is not one of"),
@@ -87,10 +87,14 @@ def test_a_run_gets_the_trainer_settings_and_its_own_models_parameters_only(ship
     shipped["models"]["lightgcn"] = {"n_layers": 3}
     demo = cfgmod.dataset_config(shipped, "demo")
     vlif = cfgmod.train_params(demo, "vlif__vlm_title__concat")
-    assert vlif["lambda"] == 0.001 and vlif["fusion"] == "concat" and vlif["seed"] == 42
-    assert vlif["native"] == "auto" and vlif["max_epochs"] == 300 and "n_layers" not in vlif
-    assert cfgmod.train_params(demo, "lightgcn")["n_layers"] == 3
-    assert cfgmod.train_params(demo, "freedom__vlm_title")["reg_weight"] == 1e-4
+    assert vlif == {"lambda": 0.001, "fusion": "concat", "max_epochs": 300, "patience": 10}, "what differs from defaults"
+    assert cfgmod.train_params(demo, "lightgcn") == {"n_layers": 3, "max_epochs": 300, "patience": 10}
+    shipped["seed"] = 7
+    shipped["models"]["vlif"] = {"placement": "after", "lambda": 0.1, "learning_rate": 1e-4}  # defaults written out
+    assert cfgmod.train_params(cfgmod.dataset_config(shipped, "baby"), "vlif__vlm_title__pid") == {
+        "seed": 7, "learning_rate": 1e-4
+    }
+    assert "reg_weight" not in cfgmod.train_params(demo, "freedom__vlm_title"), "the registry's default applies"
     assert not {"model", "visual", "device", "gpus"} & set(cfgmod.train_params(demo, "bpr"))
 
 

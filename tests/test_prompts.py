@@ -30,7 +30,7 @@ def test_hashes_are_stable_and_distinct() -> None:
 
 
 def test_unknown_prompt_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="plain, title_cot"):
+    with pytest.raises(KeyError, match="plain, released, title_cot"):
         prompts.get_prompt("fancy")
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from vlif_pipeline.graphs.item_knn import mixed_graph, neighbour_lists
 from vlif_pipeline.graphs.user_item import normalised_adjacency
@@ -18,9 +19,11 @@ from vlif_pipeline.models.fusion import (
     SynergyEstimator,
     first_occurrences,
     info_nce,
+    info_nce_all,
     remove_component,
 )
-from vlif_pipeline.models.vlif import FUSIONS, VLIF
+from vlif_pipeline.models.vlif import VLIF
+from vlif_pipeline.registry import FUSIONS
 from vlif_pipeline.training.data import TrainData, build_train_data
 
 N_USERS, N_ITEMS, DIM = 60, 40, 16
@@ -240,10 +243,19 @@ def test_each_fusion_trains(data: TrainData, fusion: str) -> None:
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-@pytest.mark.parametrize("fusion", ["pid", "weighted_concat"])
-def test_restricted_equals_full(data: TrainData, fusion: str) -> None:
-    restricted = make(data, fusion=fusion, restrict=True)
-    full = make(data, fusion=fusion, restrict=False)
+RELEASED_CODE = {  # the released code's readings of the points where it differs from the paper's text
+    "placement": "before", "rescale_synergy": False, "negatives": "all", "user_mix": "mean", "user_weights": "raw",
+}
+
+
+@pytest.mark.parametrize(
+    ("fusion", "settings"),
+    [("pid", {}), ("weighted_concat", {}), ("pid", RELEASED_CODE), ("pid", {"negatives": "all"}),
+     ("pid", {"placement": "before"})],
+)
+def test_restricted_equals_full(data: TrainData, fusion: str, settings: dict) -> None:
+    restricted = make(data, fusion=fusion, restrict=True, **settings)
+    full = make(data, fusion=fusion, restrict=False, **settings)
     full.load_state_dict(restricted.state_dict())
     users, pos, neg = batch(size=4)
     reached = restricted._needed(restricted.user_side, users)[-1]
@@ -255,6 +267,39 @@ def test_restricted_equals_full(data: TrainData, fusion: str) -> None:
     out_f["loss"].backward()
     for (name, p_r), p_f in zip(restricted.named_parameters(), full.parameters(), strict=True):
         torch.testing.assert_close(p_r.grad, p_f.grad, msg=name)
+
+
+@pytest.mark.parametrize("setting", sorted(RELEASED_CODE))
+def test_each_released_code_reading_trains_and_changes_the_loss(data: TrainData, setting: str) -> None:
+    """Each setting is its own switch: alone, it trains, and it changes what is computed (the raw
+    user weights start where the softmax does, so only their gradients differ)."""
+    paper, code = make(data, fusion="pid"), make(data, fusion="pid", **{setting: RELEASED_CODE[setting]})
+    code.load_state_dict(paper.state_dict(), strict=False)  # the same weights where both have them
+    if setting == "user_weights":
+        with torch.no_grad():
+            code.user_weights.weight.copy_(torch.softmax(paper.user_weights.weight, dim=1))
+    users, pos, neg = batch(size=16)
+    out, reference = code.loss(users, pos, neg), paper.loss(users, pos, neg)
+    out["loss"].backward()
+    reference["loss"].backward()
+    assert all(torch.isfinite(v) for v in out.values())
+    if setting == "user_weights":
+        torch.testing.assert_close(out["loss"], reference["loss"])
+        assert not torch.allclose(code.user_weights.weight.grad, paper.user_weights.weight.grad)
+    else:
+        assert not torch.equal(out["loss"].detach(), reference["loss"].detach()), setting
+    with torch.no_grad():
+        assert torch.isfinite(code.score_users(users)).all()
+
+
+def test_all_items_negatives_equal_the_cross_entropy_over_every_item() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(5, 8), torch.randn(12, 8)
+    targets = torch.tensor([3, 0, 11, 3, 7])
+    keep = torch.tensor([True, True, True, False, True])
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / 0.1
+    expected = F.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(info_nce_all(a, b, targets, 0.1, keep), expected)
 
 
 def test_training_scores_match_evaluation_scores(data: TrainData) -> None:

@@ -145,16 +145,16 @@ def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
     jobs = planned_jobs(snakemake(demo, "-n", *args, "results/mm/metrics.json"))
     assert {"mmrec_import", "mmrec_features", "train", "report_metrics"} <= set(jobs)
     assert not {"ingest", "kcore", "encode_text", "original_features", "images", "caption", "demo"} & set(jobs)
-    result = snakemake(demo, "--cores", "2", *args, "results/mm/graphs/item_knn__original__k10.npz")
+    result = snakemake(demo, "--cores", "2", *args, "results/mm/graphs/item_knn__original__k10__w0.5.npz")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     inter = demo / "mmrec_demo/demo.inter"
     text = inter.read_text()
     inter.write_text(text[: text.rstrip("\n").rfind("\n") + 1])  # one interaction fewer, same folder
     try:
-        assert "mmrec_import" in planned_jobs(snakemake(demo, "-n", *args, "results/mm/graphs/item_knn__original__k10.npz"))
+        assert "mmrec_import" in planned_jobs(snakemake(demo, "-n", *args, "results/mm/graphs/item_knn__original__k10__w0.5.npz"))
     finally:
         inter.write_text(text)
-    target = "results/mm/graphs/item_knn__original__k10.npz"
+    target = "results/mm/graphs/item_knn__original__k10__w0.5.npz"
     with edited(demo, "tables.py"):  # imported by mmrec_import through data/mmrec.py
         jobs = planned_jobs(snakemake(demo, "-n", *args, target))
     assert {"mmrec_import", "mmrec_features", "graph_item_knn"} <= set(jobs), jobs

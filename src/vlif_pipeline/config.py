@@ -79,7 +79,7 @@ def _numbers_as_written(config: dict[str, Any], validator: jsonschema.Draft20201
             break
     for _, model, params in _model_entries(config):
         for key, value in params.items():
-            params[key] = _as_default_kind(value, MODELS[model].defaults.get(key))
+            params[key] = _as_default_kind(value, model_settings(model).get(key))
     for _, model, grid in _model_entries(config, "sweep"):
         for key, values in grid.items():
             if isinstance(values, list):
@@ -176,7 +176,7 @@ def _model_problems(config: dict[str, Any]) -> list[str]:
     """
     problems = []
     for where, model, params in _model_entries(config):
-        defaults = MODELS[model].defaults
+        defaults = model_settings(model)
         for key, value in params.items():
             if key not in defaults:
                 known = ", ".join(defaults) or "none"
@@ -186,11 +186,16 @@ def _model_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def model_settings(model: str) -> dict[str, Any]:
+    """What ``models.<model>`` may set, with the defaults: the model's parameters, and the trainer's
+    settings for that model's runs alone (the released VLIF code trains at its own learning rate)."""
+    return {**MODELS[model].defaults, **TRAINER_DEFAULTS}
+
+
 def sweepable(model: str) -> dict[str, Any]:
-    """Settings a grid of ``model`` may vary, with their defaults: the model's parameters but its
-    fusion (a run's fusion is its ablation row) and the trainer's settings but the seed (``seeds``)."""
-    own = {key: value for key, value in MODELS[model].defaults.items() if key != "fusion"}
-    return {**own, **{key: value for key, value in TRAINER_DEFAULTS.items() if key != "seed"}}
+    """Settings a grid of ``model`` may vary, with their defaults: the model's settings but its
+    fusion (a run's fusion is its ablation row) and the seed (``sweep.seeds`` repeats points)."""
+    return {key: value for key, value in model_settings(model).items() if key not in ("fusion", "seed")}
 
 
 def _sweep_problems(config: dict[str, Any]) -> list[str]:
@@ -299,11 +304,22 @@ def main_run(cfg: dict[str, Any]) -> str:
     return run_id(cfg["train"]["model"], visual_variant(cfg), cfg["train"]["fusion"])
 
 
+def item_graph_weight(cfg: dict[str, Any], model: str) -> float:
+    """The image similarities' share in the item kNN graph that ``model``'s runs use: a model's own
+    ``image_weight`` where it has one (FREEDOM's is MMRec's 0.1), else ``graphs.visual_weight``."""
+    if "image_weight" in MODELS[model].defaults:
+        own = {**MODELS[model].defaults, **(cfg.get("models") or {}).get(model, {})}
+        return float(own["image_weight"])
+    return float(cfg["graphs"]["visual_weight"])
+
+
 def train_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
     """Everything that decides what run `run` computes, for the trainer: the trainer settings of the
-    train section and the seed, the model's own parameters (`models.<model>`) and the run's fusion.
+    train section and the seed, the model's own settings (`models.<model>`, which may also set
+    trainer settings for its runs alone) and the run's fusion.
 
-    Only these reach a run, so changing another model's parameter reruns nothing of this one. A
+    Only these reach a run, and only where they differ from the registry's defaults, so changing
+    another model's parameter reruns nothing of this one, nor does writing a default out. A
     run of a sweep (`@point`) takes its grid point's settings (and seed) over them.
     """
     parts = parse_run_id(run)
@@ -317,4 +333,13 @@ def train_params(cfg: dict[str, Any], run: str) -> dict[str, Any]:
         params.update(settings)
     if parts["fusion"] is not None:
         params["fusion"] = parts["fusion"]
-    return params
+    defaults = model_settings(model)
+    # only what differs from the defaults: writing a default out (as a preset does) reruns nothing
+    return {key: value for key, value in params.items() if not _same(value, defaults.get(key, _ABSENT))}
+
+
+_ABSENT = object()
+
+
+def _same(value: Any, default: Any) -> bool:
+    return type(value) is type(default) and value == default

@@ -34,13 +34,14 @@ MODELS: dict[str, Model] = {
         "vlif_pipeline.models.freedom",
         "FREEDOM",
         "FREEDOM",
-        {
+        {  # as MMRec's FREEDOM: reg_weight weights the modality BPR losses (there is no L2), features trainable
             "embedding_dim": 64,
             "n_layers": 2,
             "n_item_layers": 1,
             "edge_drop": 0.8,
-            "modality_weight": 1e-4,
-            "reg_weight": 0.0,
+            "reg_weight": 1e-4,
+            "image_weight": 0.1,  # the item kNN graph mixes image and text 0.1 / 0.9 (the pipeline builds it)
+            "trainable_features": True,
         },
         uses_features=True,
     ),
@@ -62,6 +63,12 @@ MODELS: dict[str, Model] = {
             "temperature": 0.2,
             "reg_weight": 1e-4,
             "restrict": "auto",
+            # where the paper's text and its released code differ (docs/model.md): the text's reading
+            "placement": "after",  # fusion after the user-item propagation (before: on item features)
+            "rescale_synergy": True,  # s on the scale of v and t (the code: eq. 8 as written)
+            "negatives": "batch",  # InfoNCE among the batch's items (the code: all items)
+            "user_mix": "sum",  # z_u = f + h over the user-user graph (the code: mean, 0.5 (f + h))
+            "user_weights": "softmax",  # per-user part weights through a softmax (the code: at init only)
         },
         uses_features=True,
     ),
@@ -79,6 +86,10 @@ PARAM_CHOICES: dict[str, tuple[Any, ...]] = {  # parameters with a fixed set of 
     "fusion": tuple(FUSIONS),
     "restrict": AUTO_TRUE_FALSE,
     "native": AUTO_TRUE_FALSE,
+    "placement": ("after", "before"),
+    "negatives": ("batch", "all"),
+    "user_mix": ("sum", "mean"),
+    "user_weights": ("softmax", "raw"),
 }
 
 TRAINER_DEFAULTS: dict[str, Any] = {  # settings of the training loop, the same for every model
@@ -92,7 +103,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {  # settings of the training loop, the same 
     "native": "auto",  # the C kernels on a CPU: auto, true (required) or false (models/native.py)
 }
 
-PROMPTS = ("title_cot", "plain")  # caption prompts (vision/prompts.py): title-guided, and without the title
+PROMPTS = ("title_cot", "plain", "released")  # caption prompts (vision/prompts.py): ours with and without the
+# title, and the released code's title-guided prompt (to its specification, in our words)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ VARIANTS: dict[str, Variant] = {  # the `visual__{variant}.npy` files; the one t
     "original": Variant(None, "Original"),
     "vlm_plain": Variant("plain", "VLM w.o title"),
     "vlm_title": Variant("title_cot", "VLM with title"),
+    "vlm_released": Variant("released", "VLM with title, released prompt"),
 }
 
 

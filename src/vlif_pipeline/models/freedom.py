@@ -10,8 +10,12 @@ Following the paper's description:
   pruned more often), and the kept graph is renormalised; evaluation uses the full graph;
 - user and item ID embeddings go through LightGCN-style propagation (mean over layers);
 - each modality's features are projected to d by a linear layer and trained with an auxiliary
-  BPR loss against the user embeddings (weight ``modality_weight``); scores use IDs only. The
-  projection has no bias: a bias adds the same u . b to positive and negative and cancels in BPR.
+  BPR loss against the user embeddings (weight ``reg_weight``, the name MMRec gives it; there is
+  no L2 penalty); scores use IDs only. The raw features are themselves trained
+  (``trainable_features``, as in MMRec). The projection has no bias: a bias adds the same u . b to
+  positive and negative and cancels in BPR;
+- ``image_weight`` is the share of the image similarities in the item kNN graph (MMRec's
+  ``mm_image_weight``, 0.1): the pipeline builds that graph for FREEDOM's runs and passes it in.
 
 Training steps are graphable on CUDA: every epoch keeps the same number of edges, so each pruned
 graph is written into the index and value buffers of one sparse tensor, which captured steps read.
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, l2_penalty, xavier_embedding
+from vlif_pipeline.models.base import Recommender, bpr_loss, dot_scores, xavier_embedding
 from vlif_pipeline.models.propagation import bipartite_adjacency, layer_mean_rows, propagate, transpose
 from vlif_pipeline.registry import MODELS
 
@@ -52,7 +56,14 @@ class FREEDOM(Recommender):
         self.n_layers = int(self.hparams["n_layers"])
         self.n_item_layers = int(self.hparams["n_item_layers"])
         self.embedding = xavier_embedding(data.n_users + data.n_items, dim)
-        self.features = features
+        # trained features are parameters (in the checkpoint, with Adam's state); frozen ones are left
+        # out of the checkpoint, as the run's inputs already hold them
+        for k, feature in enumerate(features):
+            if self.hparams["trainable_features"]:
+                self.register_parameter(f"feature_{k}", torch.nn.Parameter(feature.clone()))
+            else:
+                self.register_buffer(f"feature_{k}", feature, persistent=False)
+        self.n_modalities = len(features)
         self.projections = torch.nn.ModuleList(torch.nn.Linear(f.shape[1], dim, bias=False) for f in features)
         for layer in self.projections:
             torch.nn.init.xavier_uniform_(layer.weight)
@@ -103,9 +114,13 @@ class FREEDOM(Recommender):
             bpr_loss((query * feat[pos]).sum(1), (query * feat[neg]).sum(1))
             for query, feat in zip(self._feature_queries(u), self.features, strict=True)
         )
-        reg = self.hparams["reg_weight"] * l2_penalty(*self.embedding(nodes).split(batch))
-        total = bpr + self.hparams["modality_weight"] * modality + reg
-        return {"loss": total, "bpr": bpr, "modality": modality, "reg": reg}
+        total = bpr + self.hparams["reg_weight"] * modality
+        return {"loss": total, "bpr": bpr, "modality": modality}
+
+    @property
+    def features(self) -> list[torch.Tensor]:
+        """Each modality's item features (I, D_m)."""
+        return [getattr(self, f"feature_{k}") for k in range(self.n_modalities)]
 
     def _feature_queries(self, users: torch.Tensor) -> list[torch.Tensor]:
         """u W_m per modality, (B, D_m): u . (W_m f) = (u W_m) . f, one product per batch instead of two."""

@@ -124,10 +124,11 @@ class SynergyEstimator(nn.Module):
     h_{t->v} through cosines, so the rescaling does not change them.
     """
 
-    def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float) -> None:
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, layer_scale: float, rescale: bool = True) -> None:
         super().__init__()
         self.vision_to_text = CrossModalBlock(dim, n_heads, ffn_dim, layer_scale)
         self.text_to_vision = CrossModalBlock(dim, n_heads, ffn_dim, layer_scale)
+        self.rescale = rescale
 
     def forward(
         self, v: torch.Tensor, t: torch.Tensor, v_tokens: torch.Tensor, t_tokens: torch.Tensor
@@ -136,6 +137,8 @@ class SynergyEstimator(nn.Module):
         h_vt = self.vision_to_text(v, t_tokens)
         h_tv = self.text_to_vision(t, v_tokens)
         mean = (h_vt + h_tv) / 2
+        if not self.rescale:  # eq. 8 as written, as the released code has it
+            return mean, h_vt, h_tv
         scale = (row_norm(v) + row_norm(t)) / 2
         return mean * (scale / row_norm(mean).clamp_min(1e-12)), h_vt, h_tv
 
@@ -259,6 +262,23 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, keep: torch.T
     positives = ((a * b).sum(-1) - 1) / temperature  # (n,), the shifted diagonal logits
     per_row = (row_sums.log() + col_sums.log()) / 2 - positives  # a dropped row's terms are finite
     return per_row.mean() if weight is None else (per_row * weight).sum() / weight.sum()
+
+
+def info_nce_all(
+    a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, temperature: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """InfoNCE of each row of ``a`` (n, d) against every row of ``b`` (m, d): row k's positive is
+    ``b[targets[k]]``, all other rows of b its negatives (the released code's all-items negatives).
+
+    One direction (a -> b); the mean over the rows where ``keep`` (n,) is True. (n, m) logits: m is
+    the item count, never the users'.
+    """
+    logits = normalize_rows(a) @ normalize_rows(b).T / temperature
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    if keep is None:
+        return losses.mean()
+    weight = keep.to(losses.dtype)
+    return (losses * weight).sum() / weight.sum()
 
 
 def _exp_sums(

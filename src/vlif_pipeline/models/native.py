@@ -69,6 +69,7 @@ def configure(mode: str | bool) -> None:
         raise ValueError(f"native must be 'auto', true or false, got {mode!r}")
     _mode = mode
     _used.clear()
+    _verdicts.clear()  # each run (the trainer configures once) decides from its own first calls
     spmm_kernel.cache_clear()
     info_nce_kernel.cache_clear()
 
@@ -211,7 +212,8 @@ class Verdict:
         return self.kernel_seconds < self.torch_seconds
 
 
-_verdicts: dict[tuple[str, str, int], Verdict] = {}  # this process's, by library, call site and threads
+# this process's verdicts, by library, call site and threads: (verdict, where it came from, sizes)
+_verdicts: dict[tuple[str, str, int], tuple[Verdict, str, tuple[int, ...]]] = {}
 _used: dict[str, dict[str, object]] = {}  # what ran, by kernel call site, for provenance()
 _calibration = [0.0]  # seconds this process spent in measure()
 
@@ -280,8 +282,9 @@ def kernel_wins(
     """Whether a kernel call at ``site`` (e.g. ``cross_block forward+backward``) with sizes ``shape``
     should run the kernel: always under ``true``; under ``auto`` when measured faster than PyTorch.
 
-    The first call of a site in a process decides for the process's later calls (a training run's
-    calls of one site differ in size by less than 2x, and each measurement costs a few steps): its
+    The first call of a site in a run (since :func:`configure`, which the trainer calls once) decides
+    for the run's later calls (they differ in size by less than 2x, and each measurement costs a
+    few steps), so that a run's paths depend on its own shapes alone: its
     verdict comes from the cache for its sizes, else from :func:`measure` of ``kernel_run`` and
     ``torch_run`` (which run the call both ways), and is noted for the log.
     """
@@ -290,15 +293,13 @@ def kernel_wins(
         return True
     threads = torch.get_num_threads()
     key = (str(library), site, threads)
-    verdict = _verdicts.get(key)
-    if verdict is None:
+    if key not in _verdicts:
         path = _verdict_path(library, site, shape, threads)
-        verdict = _read_verdict(path)
-        origin = "cached"
+        verdict, origin = _read_verdict(path), "cached"
         if verdict is None:
             verdict, origin = measure(kernel_run, torch_run), "measured"
             _write_verdict(path, verdict, site, shape)
-        _verdicts[key] = verdict
+        _verdicts[key] = (verdict, origin, shape)
         choice = "the kernel" if verdict.use_kernel else "PyTorch's ops"
         _notes.append(
             (
@@ -307,10 +308,12 @@ def kernel_wins(
                 f"PyTorch {verdict.torch_seconds * 1e3:.2f} ms per call ({origin}): using {choice}",
             )
         )
+    verdict, origin, decided_at = _verdicts[key]
+    if site not in _used:  # since the last configure(): what this run's provenance reports
         _used[site] = {
             "path": "kernel" if verdict.use_kernel else "pytorch",
             "chosen_by": f"{origin} (native: auto)",
-            "sizes": list(shape),
+            "sizes": list(decided_at),
             "kernel_ms": round(verdict.kernel_seconds * 1e3, 3),
             "pytorch_ms": round(verdict.torch_seconds * 1e3, 3),
         }

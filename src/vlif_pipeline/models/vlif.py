@@ -28,10 +28,11 @@ from vlif_pipeline.models.fusion import (
     SynergyEstimator,
     first_occurrences,
     info_nce,
+    info_nce_all,
     remove_component,
 )
 from vlif_pipeline.models.propagation import layer_rows, propagate, propagate_rows, spmm, transpose
-from vlif_pipeline.registry import FUSIONS, MODELS
+from vlif_pipeline.registry import FUSIONS, MODELS, PARAM_CHOICES
 
 if TYPE_CHECKING:
     from vlif_pipeline.training.data import TrainData
@@ -54,6 +55,7 @@ class _Fused:
     synergy_views: tuple[torch.Tensor, torch.Tensor] | None = None
     redundancy: torch.Tensor | None = None
     redundancy_encoded: torch.Tensor | None = None
+    views_per_item: bool = False  # placement "before": the views' rows are all I items, not the R nodes
 
 
 def _feature_mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -144,7 +146,13 @@ class VLIF(Recommender):
         for key in ("n_layers", "n_item_layers", "n_user_layers"):
             if int(hp[key]) < 0:
                 raise ValueError(f"VLIF: {key} must be >= 0, got {hp[key]}")
+        for key in ("placement", "negatives", "user_mix", "user_weights"):
+            if hp[key] not in PARAM_CHOICES[key]:
+                raise ValueError(f"VLIF: {key} must be one of {PARAM_CHOICES[key]}, got {hp[key]!r}")
         self.fusion: str = hp["fusion"]
+        self.placement: str = hp["placement"]
+        self.all_negatives = hp["negatives"] == "all" and self.fusion == "pid"
+        self.user_scale = 0.5 if hp["user_mix"] == "mean" else 1.0
         dim = int(hp["embedding_dim"])
         self.n_layers = int(hp["n_layers"])
         self.text_features = data.text
@@ -154,12 +162,18 @@ class VLIF(Recommender):
         self.user_text = xavier_embedding(self.n_users, dim)
         self.user_visual = xavier_embedding(self.n_users, dim)
         self.weighted = self.fusion in ("weighted_concat", "pid")
+        self.raw_user_weights = hp["user_weights"] == "raw"
         if self.weighted:
             self.user_weights = xavier_embedding(self.n_users, _PARTS[self.fusion])
+            if self.raw_user_weights:  # the released code: a softmax once, at initialisation
+                with torch.no_grad():
+                    self.user_weights.weight.copy_(torch.softmax(self.user_weights.weight, dim=1))
         if self.fusion == "pid":
             block = (dim, int(hp["n_heads"]), int(hp["ffn_dim"]), float(hp["layer_scale"]))
-            self.synergy = SynergyEstimator(*block)
+            self.synergy = SynergyEstimator(*block, rescale=bool(hp["rescale_synergy"]))
             self.redundancy = RedundancyEncoder(*block)
+            if self.placement == "before":  # s gets its own user table to propagate with
+                self.user_synergy = xavier_embedding(self.n_users, dim)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -184,7 +198,8 @@ class VLIF(Recommender):
         """
         dim, n_heads, ffn_dim, _ = block
         native.info_nce_kernel(dim)
-        cross = native.build(lambda: native.CrossBlockKernel(dim, self.n_layers + 1, n_heads, ffn_dim))
+        n_tokens = 1 if self.placement == "before" else self.n_layers + 1
+        cross = native.build(lambda: native.CrossBlockKernel(dim, n_tokens, n_heads, ffn_dim))
         redundancy = native.build(lambda: native.RedundancyKernel(dim, n_heads, ffn_dim))
         if cross is not None and redundancy is not None:
             self.synergy.vision_to_text.kernel = self.synergy.text_to_vision.kernel = cross
@@ -220,28 +235,47 @@ class VLIF(Recommender):
             tokens.append(layer_rows(self.user_item, x0, self.n_layers, nodes, adj_t=self.user_item))  # symmetric
         return tokens[0], tokens[1]
 
+    def _pid_before(self, nodes: torch.Tensor | None) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """The released code's placement: the fusion on each item's projected features (one token per
+        modality, so attention weighs a single key), then t, s and v' each propagated over the
+        user-item graph with a user table of its own; the parts at ``nodes`` (R, d) each, the views
+        for all I items."""
+        x_t, x_v = self.text_mlp(self.text_features), self.visual_mlp(self.visual_features)  # (I, d)
+        s, h_vt, h_tv = self.synergy(x_v, x_t, x_v.unsqueeze(1), x_t.unsqueeze(1))
+        encoded = self.redundancy.encode(x_v, x_t)  # (3, I, d)
+        r = self.redundancy.project(encoded.mean(0))
+        parts = []
+        for table, item_part in ((self.user_text, x_t), (self.user_synergy, s), (self.user_visual, remove_component(x_v, r))):
+            x0 = normalize_rows(torch.cat([table.weight, item_part]))
+            parts.append(layer_rows(self.user_item, x0, self.n_layers, nodes, adj_t=self.user_item).sum(1))
+        views = {"synergy_views": (h_vt, h_tv), "redundancy": r, "redundancy_encoded": encoded, "views_per_item": True}
+        return parts, views
+
     def _fused(self, users: torch.Tensor | None, items: torch.Tensor | None) -> _Fused:
         """Fused embeddings of user ids ``users`` (R_u,) and item ids ``items`` (R_i,); None = all."""
         nodes = None if users is None else torch.cat([users, items + self.n_users])
-        t_tokens, v_tokens = self._tokens(nodes)
         n_user_rows = self.n_users if users is None else users.numel()
-        t, v = t_tokens.sum(1), v_tokens.sum(1)  # eq. 2, (R, d) with R = R_u + R_i
         pid: dict[str, Any] = {}
-        if self.fusion == "pooling":
-            parts = [(t + v) / 2]
-        elif self.fusion == "pid":
-            s, h_vt, h_tv = self.synergy(v, t, v_tokens, t_tokens)
-            encoded = self.redundancy.encode(v, t)  # (3, R, d)
-            r = self.redundancy.project(encoded.mean(0))  # (R, d), the mean of the three views
-            pid = {"synergy_views": (h_vt, h_tv), "redundancy": r, "redundancy_encoded": encoded}
-            parts = [t, s, remove_component(v, r)]
+        if self.fusion == "pid" and self.placement == "before":
+            parts, pid = self._pid_before(nodes)
         else:
-            parts = [t, v]
+            t_tokens, v_tokens = self._tokens(nodes)
+            t, v = t_tokens.sum(1), v_tokens.sum(1)  # eq. 2, (R, d) with R = R_u + R_i
+            if self.fusion == "pooling":
+                parts = [(t + v) / 2]
+            elif self.fusion == "pid":
+                s, h_vt, h_tv = self.synergy(v, t, v_tokens, t_tokens)
+                encoded = self.redundancy.encode(v, t)  # (3, R, d)
+                r = self.redundancy.project(encoded.mean(0))  # (R, d), the mean of the three views
+                pid = {"synergy_views": (h_vt, h_tv), "redundancy": r, "redundancy_encoded": encoded}
+                parts = [t, s, remove_component(v, r)]
+            else:
+                parts = [t, v]
         # split, not two slices: its backward is one cat instead of a zero-filled (R, d) per slice
         user_parts, item_parts = zip(*(part.split([n_user_rows, part.shape[0] - n_user_rows]) for part in parts))
         if self.weighted:
             table = self.user_weights.weight if users is None else self.user_weights(users)
-            weights = torch.softmax(table, dim=1)  # (R_u, P)
+            weights = table if self.raw_user_weights else torch.softmax(table, dim=1)  # (R_u, P)
             user_parts = [w.unsqueeze(1) * part for w, part in zip(weights.unbind(1), user_parts, strict=True)]
         items_fused = torch.cat(item_parts, dim=1)
         return _Fused(torch.cat(user_parts, dim=1), items_fused, **pid)
@@ -286,40 +320,70 @@ class VLIF(Recommender):
         if self.restrict:
             user_levels = self._needed(self.user_side, users)
             item_levels = self._needed(self.item_side, items)
+            if self.all_negatives:  # every item's views are needed (a superset of the reach is exact too)
+                item_levels[-1] = torch.arange(self.n_items, device=users.device)
             fused = self._fused(user_levels[-1], item_levels[-1])
         else:
             user_levels = item_levels = None
             fused = self._fused(None, None)
-        z_users = self._refine_rows(self.user_side, fused.users, user_levels, users)
+        z_users = self.user_scale * self._refine_rows(self.user_side, fused.users, user_levels, users)
         z_pos, z_neg = self._refine_rows(self.item_side, fused.items, item_levels, items).split(users.shape[0])
         bpr = bpr_loss((z_users * z_pos).sum(1), (z_users * z_neg).sum(1))
         reg = self.hparams["reg_weight"] * l2_penalty(self.user_text(users), self.user_visual(users))
         parts = {"bpr": bpr, "reg": reg}
         total = bpr + reg
         if self.fusion == "pid":
-            # each distinct user and positive item once: duplicates are masked, not removed (fixed shapes)
-            if self.restrict:
-                user_rows = torch.searchsorted(user_levels[-1], users)
-                item_rows = user_levels[-1].numel() + torch.searchsorted(item_levels[-1], pos)
-            else:
-                user_rows, item_rows = users, self.n_users + pos
-            user_synergy, user_redundancy = self._contrastive(fused, user_rows, first_occurrences(users))
-            item_synergy, item_redundancy = self._contrastive(fused, item_rows, first_occurrences(pos))
-            parts["synergy"] = (user_synergy + item_synergy) / 2
-            parts["redundancy"] = (user_redundancy + item_redundancy) / 2
+            parts["synergy"], parts["redundancy"] = self._contrastive_terms(fused, users, pos, user_levels, item_levels)
             total = total + self.hparams["lambda"] * (parts["synergy"] + parts["redundancy"])
         return {"loss": total, **parts}
 
-    def _contrastive(
-        self, fused: _Fused, view_rows: torch.Tensor, keep: torch.Tensor
+    def _contrastive_terms(
+        self,
+        fused: _Fused,
+        users: torch.Tensor,
+        pos: torch.Tensor,
+        user_levels: list[torch.Tensor] | None,
+        item_levels: list[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_s (eq. 15) and L_r (eq. 16) among the nodes at ``view_rows`` (n,) of the views where ``keep`` (n,)."""
-        h_vt, h_tv = (view.index_select(0, view_rows) for view in fused.synergy_views)
-        h, h_v, h_t = self.redundancy.project(fused.redundancy_encoded.index_select(1, view_rows))
+        """L_s and L_r of the batch: the mean over its users' and positive items' terms, each distinct
+        node once (duplicates are masked, not removed: fixed shapes). Placement ``before``: the
+        items' only, as only items pass the fusion. ``negatives: all``: each item against all items."""
+        item_offset = 0
+        if not fused.views_per_item:
+            item_offset = self.n_users if user_levels is None else user_levels[-1].numel()
+        item_rows = pos if item_levels is None or fused.views_per_item else torch.searchsorted(item_levels[-1], pos)
+        all_items = item_offset + torch.arange(self.n_items, device=pos.device) if self.all_negatives else None
+        terms = [self._contrastive(fused, item_offset + item_rows, first_occurrences(pos), all_items, pos)]
+        if not fused.views_per_item:
+            user_rows = users if user_levels is None else torch.searchsorted(user_levels[-1], users)
+            terms.append(self._contrastive(fused, user_rows, first_occurrences(users)))
+        synergy, redundancy = zip(*terms)
+        return sum(synergy) / len(terms), sum(redundancy) / len(terms)
+
+    def _contrastive(
+        self,
+        fused: _Fused,
+        view_rows: torch.Tensor,
+        keep: torch.Tensor,
+        negative_rows: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_s (eq. 15) and L_r (eq. 16) among the nodes at ``view_rows`` (n,) of the views where ``keep`` (n,).
+
+        With ``negative_rows`` (m,), each row is contrasted with the views at all of them instead,
+        its positive at ``targets`` (n,) (positions in ``negative_rows``).
+        """
+        views = [view.index_select(0, view_rows) for view in fused.synergy_views]
+        views += self.redundancy.project(fused.redundancy_encoded.index_select(1, view_rows)).unbind(0)
+        pairs = ((0, 1), (2, 3), (2, 4), (3, 4))  # (h_vt, h_tv), then (h, h_v), (h, h_t), (h_v, h_t)
         temperature = float(self.hparams["temperature"])
-        synergy = info_nce(h_vt, h_tv, temperature, keep)
-        redundancy = sum(info_nce(a, b, temperature, keep) for a, b in ((h, h_v), (h, h_t), (h_v, h_t)))
-        return synergy, redundancy
+        if negative_rows is None:
+            terms = [info_nce(views[i], views[j], temperature, keep) for i, j in pairs]
+        else:
+            others = [view.index_select(0, negative_rows) for view in fused.synergy_views]
+            others += self.redundancy.project(fused.redundancy_encoded.index_select(1, negative_rows)).unbind(0)
+            terms = [info_nce_all(views[i], others[j], targets, temperature, keep) for i, j in pairs]
+        return terms[0], sum(terms[1:])
 
     @staticmethod
     def _refine_all(side: _Homogeneous | None, fused: torch.Tensor) -> torch.Tensor:
@@ -331,7 +395,8 @@ class VLIF(Recommender):
     def _final_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings of every user (U, D) and every item (I, D)."""
         fused = self._fused(None, None)
-        return self._refine_all(self.user_side, fused.users), self._refine_all(self.item_side, fused.items)
+        users = self.user_scale * self._refine_all(self.user_side, fused.users)
+        return users, self._refine_all(self.item_side, fused.items)
 
     def prepare_eval(self) -> None:
         self._cache = self._final_all()

@@ -45,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--user-item", required=True, help="graphs/user_item.npz")
     parser.add_argument("--text", help="text features .npy (I, D_t)")
     parser.add_argument("--visual", help="visual features .npy (I, D_v)")
-    parser.add_argument("--item-knn", help="graphs/item_knn__{variant}__k{k}.npz")
+    parser.add_argument("--item-knn", help="graphs/item_knn__{variant}__k{k}__w{weight}.npz")
     parser.add_argument("--user-user", help="graphs/user_user__k{k}.npz")
     parser.add_argument("--params-json", default="{}", help="JSON file or inline object of hyperparameters")
     parser.add_argument("--out-dir", required=True)

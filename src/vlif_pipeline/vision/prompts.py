@@ -3,7 +3,10 @@
 ``title_cot`` is the paper's visual enrichment prompt (section 2.1): the item title tells the model
 which object in the picture is the product, the model reasons step by step and returns only a final
 2-3 sentence description of the product's essential features. ``plain`` is the ablation without the
-title. ``text_only`` is used for items without a usable image when the stage's policy says so.
+title. ``released`` follows the specification of the prompt in the paper's released code (title
+given, first a general description of what the product is, then 2-3 sentences, only the final
+description returned), in this project's own words. ``text_only`` is used for items without a
+usable image when the stage's policy says so.
 
 The prompt hash is computed from ``PROMPT_VERSION`` and the texts themselves and is part of the
 caption cache key and of every output row, so changed wording never reuses stale captions; bump
@@ -33,6 +36,12 @@ _PLAIN = (
     "Describe the product shown in this image in 2-3 sentences: what kind of product it is, its shape, "
     "colour and material, and what it is used for.\n"
     "Reply with ONLY the description."
+)
+_RELEASED = (
+    'This is a product image. The product is sold under the title: "{title}".\n'
+    "Consider how you would describe this product in general terms, as a kind of item, before any "
+    "detail. Then describe this product in 2-3 sentences.\n"
+    "Give ONLY the final description."
 )
 _TEXT_ONLY = (
     'A product is sold under the title: "{title}". No image of it is available.\n'
@@ -80,6 +89,7 @@ def _clean_title(title: str | None) -> str:
 PROMPTS: dict[str, PromptSpec] = {
     "title_cot": PromptSpec("title_cot", _TITLE_COT, _TEXT_ONLY),
     "plain": PromptSpec("plain", _PLAIN, _TEXT_ONLY),
+    "released": PromptSpec("released", _RELEASED, _TEXT_ONLY),
 }
 
 
