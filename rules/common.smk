@@ -65,11 +65,25 @@ def settings(section, *keys):
     return lookup
 
 
-def datasets(mmrec):
-    """A wildcard constraint: the configured datasets that are (or are not) MMRec folders, which
-    enter the pipeline through their own rules (`mmrec_import`, `mmrec_features`)."""
-    names = [re.escape(ds) for ds, entry in config["datasets"].items() if (entry["format"] == "mmrec") == mmrec]
+def datasets_where(test):
+    """A wildcard constraint: the configured datasets whose entry passes `test`, so that each
+    dataset's files come from the one rule for its kind (an MMRec folder enters through
+    `mmrec_import` and `mmrec_features`, raw dumps through `kcore`, `encode_text`, ...)."""
+    names = [re.escape(ds) for ds, entry in config["datasets"].items() if test(entry)]
     return "|".join(names) or "(?!)"
+
+
+def mmrec_folder(entry):
+    return entry["format"] == "mmrec"
+
+
+def raw_dumps(entry):
+    return entry["format"] != "mmrec"
+
+
+def cnn_feature_file(entry):
+    """Whether the CNN features come from a raw .b file (generated, or named by image_features)."""
+    return entry["format"] != "mmrec" or "image_features" in entry
 
 
 def raw(ds, key):
@@ -188,13 +202,18 @@ def kcore_files(ds):
 
 
 def mmrec_files(w):
-    """The MMRec folder's files that its import reads: the .inter file and the id mappings present.
+    """The files an MMRec import reads: the .inter file, the id mappings present and, when the
+    dataset names one, the raw meta dump whose records it joins on asin.
 
     Declared one by one: a folder input reruns nothing when a file in it is rewritten.
     """
-    inter = mmrec_inter(C(w.ds)["dataset"])
+    entry = C(w.ds)["dataset"]
+    inter = mmrec_inter(entry)
     maps = [path for path in (inter.parent / "u_id_mapping.csv", inter.parent / "i_id_mapping.csv") if path.is_file()]
-    return {"inter": str(inter), "mappings": [str(path) for path in maps]}
+    files = {"inter": str(inter), "mappings": [str(path) for path in maps]}
+    if "meta" in entry:
+        files["meta"] = raw(w.ds, "meta")
+    return files
 
 
 def mmrec_feature_file(w):
@@ -325,7 +344,8 @@ def ablation_runs(w):
     """Table 2 of the paper: image features (with PID fusion), then fusions (with the main run's
     features), all at VLIF's chosen grid point when VLIF is swept."""
     cfg = C(w.ds)
-    variants = [] if cfg["dataset"]["format"] == "mmrec" else ["vlm_plain", "vlm_title"]
+    has_images = cfg["dataset"]["format"] != "mmrec" or "meta" in cfg["dataset"]
+    variants = ["vlm_plain", "vlm_title"] if has_images else []
     if has_cnn_features(w.ds):
         variants.insert(0, "original")
     rows = [(variant, "pid") for variant in variants]

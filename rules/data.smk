@@ -74,7 +74,7 @@ rule kcore:
         item_table="results/{ds}/items.parquet",
         code=code("kcore"),
     wildcard_constraints:
-        ds=datasets(mmrec=False),
+        ds=datasets_where(raw_dumps),
     params:
         k=setting("kcore"),
         split=setting("split"),
@@ -100,14 +100,22 @@ rule mmrec_import:
         unpack(mmrec_files),
         code=code("mmrec-import"),
     wildcard_constraints:
-        ds=datasets(mmrec=True),
+        ds=datasets_where(mmrec_folder),
+    params:
+        meta=input_flags(meta="--meta"),
+        meta_format=setting("dataset", "meta_format"),
+        max_bad=setting("ingest", "max_bad_fraction"),
     log:
         "results/{ds}/logs/mmrec_import.log",
     conda:
         CPU_ENV
     shell:
-        "python -m vlif_pipeline mmrec-import --inter {input.inter:q} --out-dir results/{wildcards.ds}/kcore"
-        " --report {output.report} > {log} 2>&1"
+        "python -m vlif_pipeline mmrec-import --inter {input.inter:q} {params.meta} --meta-format {params.meta_format}"
+        " --max-bad-fraction {params.max_bad} --out-dir results/{wildcards.ds}/kcore --report {output.report}"
+        " > {log} 2>&1"
+
+
+ruleorder: original_features > mmrec_features  # an MMRec folder given image_features: joined on asin
 
 
 rule original_features:
@@ -119,7 +127,7 @@ rule original_features:
         item_table="results/{ds}/kcore/items.parquet",
         code=code("original-features"),
     wildcard_constraints:
-        ds=datasets(mmrec=False),
+        ds=datasets_where(cnn_feature_file),
     log:
         "results/{ds}/logs/original_features.log",
     conda:
@@ -137,7 +145,7 @@ rule mmrec_features:
         stats="results/{ds}/kcore/stats.json",
         code=code("mmrec-features"),
     wildcard_constraints:
-        ds=datasets(mmrec=True),
+        ds=datasets_where(mmrec_folder),
         feature="|".join(MMREC_FEATURES),
     log:
         "results/{ds}/logs/mmrec_features_{feature}.log",

@@ -8,7 +8,7 @@ rule encode_text:
         item_table="results/{ds}/kcore/items.parquet",
         code=code("encode-text"),
     wildcard_constraints:
-        ds=datasets(mmrec=False),
+        ds=datasets_where(raw_dumps),
     params:
         model=setting("text_encoder"),
         cache="results/cache/embeddings",

@@ -75,3 +75,21 @@ checkpoint sweep_select:
     shell:
         "python -m vlif_pipeline report sweep --plan {params.plan} --model {wildcards.model} --dataset {wildcards.ds}"
         " --out {output.json} --out-md {output.md} > {log} 2>&1"
+
+
+rule report_paper:
+    output:
+        "results/{ds}/paper.md",
+    input:
+        runs=table_runs,
+        ablation_runs=ablation_runs,
+        code=code("report"),
+    params:
+        published=setting("dataset", "published"),
+    log:
+        "results/{ds}/logs/report_paper.log",
+    conda:
+        CPU_ENV
+    shell:
+        "python -m vlif_pipeline report paper --runs {input.runs} --ablation-runs {input.ablation_runs}"
+        " --published {params.published} --dataset {wildcards.ds} --out {output} > {log} 2>&1"

@@ -33,7 +33,7 @@ def test_shipped_config_is_valid(shipped: dict) -> None:
         (lambda c: c["datasets"]["baby"].update(meta="no/such/meta.json.gz"), "datasets.baby.meta: local path 'no/such/meta.json.gz' does not exist"),
         (lambda c: c["vlm"].update(prompt="fancy"), "vlm.prompt: 'fancy' is not one of"),
         (lambda c: c["datasets"]["demo"]["train"].update(lerning_rate=0.1), "datasets.demo.train: unknown key(s) ('lerning_rate' was unexpected)"),
-        (lambda c: c["datasets"].update(mm={"format": "mmrec", "path": "."}), "datasets.mm.train.visual: 'vlm' needs images"),
+        (lambda c: c["datasets"].update(mm={"format": "mmrec", "path": "."}), "datasets.mm.meta: train.visual 'vlm' needs titles and images"),
         (lambda c: (c["datasets"]["baby"].pop("image_features"), c["datasets"]["baby"].update(train={"visual": "original"})),
          "datasets.baby.train.visual: 'original' needs"),
         (lambda c: c["datasets"].update(toy={"format": "synthetic"}), "datasets.toy: 'synthetic' is required"),

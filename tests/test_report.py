@@ -121,3 +121,26 @@ def test_selection_ties_go_to_the_earlier_point_and_the_tables_show_mean_and_std
     assert cli.main(["table", "--runs", str(tmp_path / "sweep" / "lightgcn.json"), "--dataset", "toy",
                      "--out", str(table)]) == 0
     assert "| LightGCN (n_layers=0) | **0.1000 ± 0.0707** | **0.2000 ± 0.1414** |" in table.read_text()
+
+
+def test_paper_md_sets_each_row_beside_the_published_one_of_the_same_meaning(tmp_path: Path) -> None:
+    runs = [write_run(tmp_path, run, figures(r20)) for run, r20 in (
+        ("popularity", 0.05), ("bpr", 0.0690), ("freedom__original", 0.0992), ("freedom__vlm_title", 0.12),
+        ("vlif__vlm_title__pid", 0.1083),
+    )]
+    ablation = [write_run(tmp_path, run, figures(0.1)) for run in ("vlif__original__pid", "vlif__vlm_title__concat")]
+    out = tmp_path / "paper.md"
+    argv = ["paper", "--runs", *map(str, runs), "--ablation-runs", *map(str, [ablation[0], runs[-1], ablation[1]]),
+            "--published", "baby", "--dataset", "toy", "--out", str(out)]
+    assert cli.main(argv) == 0
+    text = out.read_text()
+    assert "| BPR | BPR | 0.0345 | 0.0357 | -3.4% | 0.0690 | 0.0575 | +20.0% |" in text
+    assert "| FREEDOM (Original) | FREEDOM | 0.0496 | 0.0627 | -20.9% | 0.0992 | 0.0992 | +0.0% |" in text
+    assert "| FREEDOM (VLM with title) | not published | 0.0600 | - | - |" in text
+    assert "| Popularity | not published |" in text
+    assert "| VLIF (VLM with title) | VLIF | 0.0541 | 0.0705 | -23.2% | 0.1083 | 0.1083 | +0.0% |" in text
+    assert "| VLIF (Original) | Original | 0.0500 | 0.0668 | -25.1% | 0.1000 | 0.1026 | -2.5% |" in text
+    assert "| VLIF (VLM with title, Concat) | Concat |" in text
+    assert cli.main([*argv[:-6], "--published", "demo", "--dataset", "toy", "--out", str(out)]) == 0
+    assert "compared with nothing: the paper has no dataset 'demo'" in out.read_text()
+    assert "| BPR | not published |" in out.read_text()

@@ -168,6 +168,32 @@ def test_mmrec_folder_enters_after_the_raw_stages(demo: Path) -> None:
         np.testing.assert_array_equal(np.load(demo / "results/demo/features" / name), np.load(demo / "results/mm/features" / name))
 
 
+def test_an_mmrec_folder_with_its_meta_gets_captions_on_the_published_split(demo: Path) -> None:
+    """format mmrec with a raw meta dump: titles and image URLs joined on asin through
+    i_id_mapping.csv, so the split stays the folder's and the items get captions (issue 20)."""
+    import polars as pl
+
+    assert (demo / "mmrec_demo" / "demo.inter").exists(), "made by test_mmrec_folder_enters_after_the_raw_stages"
+    extra = write_config(
+        demo, "mm_meta.yaml",
+        "datasets:\n  mmv:\n    format: mmrec\n    path: mmrec_demo\n    meta: results/demo/raw/meta.json.gz\n"
+        "    vlm: {model: tiny-random, max_new_tokens: 8, batch_size: 64, gpus: 0}\n    images: {allow_local: true}\n",
+    )
+    args = ("--configfile", "config/config.yaml", extra, "--")
+    target = "results/mmv/features/visual__vlm_title.npy"
+    jobs = planned_jobs(snakemake(demo, "-n", *args, target))
+    assert {"mmrec_import", "images", "caption", "encode_captions"} <= set(jobs) and "ingest" not in jobs, jobs
+    result = snakemake(demo, "--cores", "2", *args, target)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    ours = pl.read_parquet(demo / "results/demo/kcore/items.parquet").select("item_id", "title", "image_url")
+    joined = pl.read_parquet(demo / "results/mmv/kcore/items.parquet").select("item_id", "title", "image_url")
+    assert joined.equals(ours), "every item's title and image URL, found by its asin"
+    report = json.loads((demo / "results/mmv/ingest_report.json").read_text())
+    assert report["items_without_meta"] == 0 and report["items_without_image_url"] == 0 and report["meta_format"] == "amazon2014"
+    captions = pl.read_parquet(next((demo / "results/mmv/captions").glob("*.parquet")))
+    assert (captions["status"] == "ok").all()
+
+
 SWEEP = """\
 datasets:
   demo:

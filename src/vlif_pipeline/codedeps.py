@@ -5,9 +5,10 @@ depends on it) and the trainer hashes them into its resume fingerprint; lists ke
 files that a stage imports through another module. Imports are read with ``ast``, without
 importing anything (the Snakefile calls this for every rule), including imports inside functions;
 those under ``if TYPE_CHECKING:`` are left out, as they never run. A module's closure includes the
-``__init__.py`` of every package above it (Python runs them on import), and the C sources of the
-CPU kernels when the closure holds their loader, and the modules that another imports by name
-(:data:`DYNAMIC_IMPORTS`: the model registry's).
+``__init__.py`` of every package above it (Python runs them on import), the files a module of the
+closure reads at run time (:data:`RUNTIME_FILES`: the C kernels' sources, the paper's published
+figures), and the modules that another imports by name (:data:`DYNAMIC_IMPORTS`: the model
+registry's).
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from vlif_pipeline.registry import MODELS
 
 PACKAGE = Path(__file__).resolve().parent
 NAME = PACKAGE.name
-KERNEL_LOADER = "models/native.py"  # compiles the files of models/kernels/ at run time
+RUNTIME_FILES = {  # files a module reads at run time, by the module: they rerun its stages too
+    "models/native.py": ("models/kernels/*.c", "models/kernels/*.h"),  # compiled at first use
+    "report/paper.py": ("report/published.yaml",),
+}
 DYNAMIC_IMPORTS = {  # modules that import others by name (importlib), and those others
     "vlif_pipeline.models": tuple(entry.module for entry in MODELS.values()),
 }
@@ -96,8 +100,9 @@ def closure(module: str) -> tuple[Path, ...]:
                 seen.add(path)
                 pending.extend(_imported(path))
                 pending.extend(DYNAMIC_IMPORTS.get(candidate, ()))
-    if PACKAGE / KERNEL_LOADER in seen:
-        seen.update(p for p in (PACKAGE / "models" / "kernels").iterdir() if p.suffix in (".c", ".h"))
+    for module, patterns in RUNTIME_FILES.items():
+        if PACKAGE / module in seen:
+            seen.update(path for pattern in patterns for path in PACKAGE.glob(pattern))
     return tuple(sorted(seen))
 
 

@@ -136,10 +136,11 @@ def validate(config: dict[str, Any], schema_file: str | Path, workdir: str | Pat
             except ConfigError as err:
                 problems.append(f"datasets.{name}: {err}")
         train = {**config.get("train", {}), **entry.get("train", {})}
-        if entry.get("format") == "mmrec" and train.get("visual") == "vlm":
+        if entry.get("format") == "mmrec" and train.get("visual") == "vlm" and "meta" not in entry:
             problems.append(
-                f"datasets.{name}.train.visual: 'vlm' needs images and titles, which an MMRec folder "
-                "does not have; set it to 'original'"
+                f"datasets.{name}.meta: train.visual 'vlm' needs titles and images, which an MMRec folder "
+                f"does not have: set datasets.{name}.meta to the raw meta dump its import joins on asin, "
+                "or train.visual to 'original'"
             )
         needs_cnn_features = train.get("visual") == "original" and "image_features" not in entry
         if entry.get("format") in AMAZON_FORMATS and needs_cnn_features:
@@ -245,7 +246,8 @@ def dataset_config(config: dict[str, Any], ds: str) -> dict[str, Any]:
     entry = config["datasets"][ds]
     merged = {key: _merged(config.get(key), entry[key]) if key in entry else copy.deepcopy(config.get(key))
               for key in STAGE_SECTIONS}
-    merged["dataset"] = {k: v for k, v in entry.items() if k not in STAGE_SECTIONS}
+    own = {key: value for key, value in entry.items() if key not in STAGE_SECTIONS}
+    merged["dataset"] = {"published": ds, "meta_format": "amazon2014", **own}
     return merged
 
 

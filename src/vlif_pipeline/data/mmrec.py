@@ -14,12 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from vlif_pipeline.amazon.formats import FORMATS, ReleaseFormat
+from vlif_pipeline.amazon.ingest import sparse_fields
+from vlif_pipeline.amazon.items import blank_row, items_frame
+from vlif_pipeline.amazon.meta import check_layout, read_meta
+from vlif_pipeline.amazon.readers import FileStats
 from vlif_pipeline.data.kcore import read_table, write_kcore
 from vlif_pipeline.data.split import split_stats
 from vlif_pipeline.io import (
@@ -89,13 +96,14 @@ def _mapping(path: Path, id_col: str, new_col: str, n: int) -> pl.Series:
 
 
 def import_mmrec(
-    inter_path: Path, items_meta: pl.DataFrame | None = None
+    inter_path: Path, items_for: Callable[[list[str]], pl.DataFrame] | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict[str, Any]]:
     """Read an MMRec dataset, ``<name>.inter`` and the id mappings beside it, into the kcore tables
     (interactions, users, items, stats).
 
-    Item text comes from ``items_meta`` (an ingested items table, joined on asin) when given;
-    otherwise items have empty text and ``has_meta = false``.
+    ``items_for(asins)`` gives the items table (ingest's columns) to join on asin, for the asins in
+    itemID order: from a raw meta dump (``items_from_meta``) or an ingested table. Without it, items
+    have empty text and ``has_meta = false``.
     """
     if not inter_path.is_file():
         raise StageError(f"{inter_path}: no such file")
@@ -124,8 +132,8 @@ def import_mmrec(
     users = pl.DataFrame({"u": np.arange(n_users), "user_id": _mapping(u_map, "user_id", "userID", n_users)})
     item_ids = _mapping(i_map, "asin", "itemID", n_items).alias("item_id")
     index = pl.DataFrame({"i": np.arange(n_items), "item_id": item_ids})
-    if items_meta is not None:
-        items = index.join(items_meta, on="item_id", how="left", maintain_order="left")
+    if items_for is not None:
+        items = index.join(items_for(item_ids.to_list()), on="item_id", how="left", maintain_order="left")
     else:
         blank = {
             c: pl.lit("" if c in TEXT_COLUMNS else None, dtype=t) for c, t in ITEM_SCHEMA.items() if c != "item_id"
@@ -164,11 +172,52 @@ def main(argv: list[str]) -> int:
     return run_stage(body, log)
 
 
+class MetaItems:
+    """``items_for`` from a raw meta dump: the cleaned item rows of the asins asked for, as ingest
+    makes them (layout checked, bad lines counted); ``stats`` and ``warnings`` for the report."""
+
+    def __init__(self, path: Path, fmt: ReleaseFormat, max_bad_fraction: float, workers: int) -> None:
+        self.path, self.fmt, self.max_bad_fraction, self.workers = path, fmt, max_bad_fraction, workers
+        self.stats: FileStats | None = None
+        self.warnings: list[str] = []
+
+    def __call__(self, asins: list[str]) -> pl.DataFrame:
+        rows, self.stats = read_meta(self.path, self.fmt, set(asins), self.workers)
+        self.stats.check(self.max_bad_fraction)
+        check_layout(self.stats, self.fmt)
+        items = items_frame([rows.get(asin) or blank_row(asin) for asin in asins])
+        self.warnings = sparse_fields(items, self.fmt, self.path)
+        return items
+
+
+def import_report(inter: Path, stats: dict[str, Any], items: pl.DataFrame, meta: MetaItems | None) -> dict[str, Any]:
+    """What the import saw: sizes, and how many items lack meta, a title or an image URL."""
+    report: dict[str, Any] = {
+        "format": "mmrec",
+        "source": str(inter),
+        "n_users": stats["n_users"],
+        "n_items": stats["n_items"],
+        "n_interactions": stats["n_interactions"],
+        "items_without_meta": int((~items.get_column("has_meta").fill_null(False)).sum()),
+    }
+    for column in ("title", "image_url"):
+        if column in items.columns:  # an ingested table given with --items may lack some
+            values = items.get_column(column)
+            report[f"items_without_{column}"] = int((values.is_null() | (values == "")).sum())
+    if meta is not None and meta.stats is not None:
+        report.update(meta_format=meta.fmt.name, meta=asdict(meta.stats), warnings=meta.warnings)
+    return report
+
+
 def import_main(argv: list[str]) -> int:
     """`mmrec-import`: an MMRec dataset becomes the k-core stage's files, with its own ids and split."""
     parser = argparse.ArgumentParser(prog="mmrec-import", description=import_main.__doc__)
     parser.add_argument("--inter", required=True, type=Path, help="<name>.inter; the id mappings are read beside it")
-    parser.add_argument("--items", type=Path, help="an ingested items table to join on asin (default: no item text)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--meta", type=Path, help="a raw meta dump whose records are joined on asin")
+    source.add_argument("--items", type=Path, help="an ingested items table to join on asin")
+    parser.add_argument("--meta-format", choices=sorted(FORMATS), default="amazon2014", help="the meta dump's release")
+    parser.add_argument("--max-bad-fraction", type=float, default=0.01, help="of the meta dump's lines")
     parser.add_argument("--out-dir", required=True, type=Path, help="the k-core folder to write")
     parser.add_argument("--report", type=Path, help="where to write the import's report (JSON)")
     parser.add_argument("--log", type=Path)
@@ -176,19 +225,19 @@ def import_main(argv: list[str]) -> int:
     log = setup_logging(args.log, "mmrec-import")
 
     def body() -> None:
-        items = read_table(args.items, ("item_id",)) if args.items else None
-        tables = import_mmrec(args.inter, items)
+        meta = MetaItems(args.meta, FORMATS[args.meta_format], args.max_bad_fraction, 1) if args.meta else None
+        items_for = meta
+        if args.items:
+            table = read_table(args.items, ("item_id",))
+            items_for = lambda _asins: table  # noqa: E731 - an ingested table serves every asin
+        tables = import_mmrec(args.inter, items_for)
         write_kcore(args.out_dir, *tables)
         stats, item_table = tables[3], tables[2]
+        report = import_report(args.inter, stats, item_table, meta)
+        for warning in report.get("warnings", []):
+            log.warning("%s", warning)
         if args.report:
-            write_json(args.report, {
-                "format": "mmrec",
-                "source": str(args.inter),
-                "n_users": stats["n_users"],
-                "n_items": stats["n_items"],
-                "n_interactions": stats["n_interactions"],
-                "items_without_meta": int((~item_table.get_column("has_meta")).sum()),
-            })
+            write_json(args.report, report)
         log.info("%s: %d users, %d items, %d interactions, splits %s (MMRec's own ids and split)",
                  args.inter, stats["n_users"], stats["n_items"], stats["n_interactions"], stats["splits"])
 
