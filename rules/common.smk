@@ -7,6 +7,7 @@ depends on the configuration from a named helper here; no rule holds logic of it
 import json
 import re
 import shlex
+from types import SimpleNamespace
 from urllib.parse import urlparse
 
 from vlif_pipeline import sweep
@@ -351,3 +352,92 @@ def ablation_runs(w):
     rows = [(variant, "pid") for variant in variants]
     rows += [(visual_variant(cfg), fusion) for fusion in FUSIONS if fusion != "pid"]
     return [run_metrics(w.ds, run) for variant, fusion in rows for run in chosen_runs(w.ds, "vlif", variant, fusion)]
+
+
+def gallery_inputs(w):
+    """The caption gallery's files: items, images manifest and the main VLM variant's captions (the
+    title-guided ones when the main run uses CNN features)."""
+    cfg = C(w.ds)
+    variant = visual_variant(cfg)
+    variant = variant if VARIANTS[variant].prompt is not None else "vlm_title"
+    return {
+        "item_table": f"results/{w.ds}/kcore/items.parquet",
+        "manifest": f"results/{w.ds}/images/manifest.parquet",
+        "captions": captions_file(w.ds, variant),
+    }
+
+
+def has_images(ds):
+    entry = C(ds)["dataset"]
+    return entry["format"] != "mmrec" or "meta" in entry
+
+
+def table_histories(w):
+    return [str(Path(path).with_name("history.json")) for path in _table_run_metrics(w)]
+
+
+def _table_run_metrics(w):
+    """The runs behind Table 1 (a sweep's chosen runs read from its selection, a checkpoint)."""
+    paths = []
+    for path in table_runs(w):
+        if Path(path).parent.name == "sweep":
+            model = Path(path).stem
+            selection = checkpoints.sweep_select.get(ds=w.ds, model=model).output.json
+            paths += json.loads(Path(selection).read_text())["chosen"]["runs"]
+        else:
+            paths.append(path)
+    return paths
+
+
+def training_figures(w):
+    return [f"results/{w.ds}/report/training/{Path(path).parent.name}.png" for path in _table_run_metrics(w)]
+
+
+def embedding_features(w):
+    """The visual features the embeddings figure shows: CNN beside the main VLM variant's."""
+    cfg = C(w.ds)
+    panels = {}
+    if has_cnn_features(w.ds):
+        panels["original"] = f"results/{w.ds}/features/visual__original.npy"
+    if has_images(w.ds):
+        variant = visual_variant(cfg)
+        variant = variant if VARIANTS[variant].prompt is not None else "vlm_title"
+        panels[variant] = f"results/{w.ds}/features/visual__{variant}.npy"
+    return panels
+
+
+def embedding_flags(w, input):
+    return " ".join(shlex.quote(f"{VARIANTS[name].label}={input[name]}") for name in embedding_features(w))
+
+
+def benchmark_files(w):
+    """The benchmark files of the jobs behind Table 1: each stage's, and each table run's training."""
+    cfg = C(w.ds)
+    base = f"results/{w.ds}/benchmarks"
+    files = [f"{base}/graph_user_item.tsv", f"{base}/graph_user_user__k{cfg['graphs']['user_k']}.tsv"]
+    if cfg["dataset"]["format"] != "mmrec":
+        files += [f"{base}/ingest.tsv", f"{base}/kcore.tsv", f"{base}/encode_text.tsv"]
+    variant = visual_variant(cfg)
+    if VARIANTS[variant].prompt is not None:
+        model, prompt, shards = slug(cfg["vlm"]["model"]), VARIANTS[variant].prompt, cfg["vlm"]["shards"]
+        files += [f"{base}/caption_{model}__{prompt}__{k}of{shards}.tsv" for k in range(shards)]
+        files.append(f"{base}/encode_captions_{variant}.tsv")
+    runs = [Path(path).parent.name for path in _table_run_metrics(w)]
+    graphs = {graph for run in runs if (graph := run_graph(w.ds, run))}
+    return files + [f"{base}/graph_{Path(graph).stem}.tsv" for graph in sorted(graphs)] + [
+        f"{base}/train_{run}.tsv" for run in runs
+    ]
+
+
+def run_graph(ds, run):
+    """The item kNN graph file a run trains on, or None."""
+    return train_inputs(SimpleNamespace(ds=ds, run=run)).get("item_knn")
+
+
+def report_files(w):
+    """Every file the HTML report shows for the dataset."""
+    base = f"results/{w.ds}/report"
+    files = [f"{base}/data.csv", f"{base}/degrees.png", f"{base}/validation_curves.png", f"{base}/table.csv",
+             f"{base}/ablation.csv", f"{base}/results.png", f"{base}/cost.csv", f"{base}/cost.png",
+             f"{base}/embeddings.png", *training_figures(w)]
+    return files + ([f"{base}/captions.html"] if has_images(w.ds) else [])

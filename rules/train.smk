@@ -30,3 +30,23 @@ rule train:
         " --kcore-dir results/{wildcards.ds}/kcore --user-item {input.user_item} {params.optional}"
         " --params-json {params.json} --device {params.device} --threads {threads}"
         " --out-dir results/{wildcards.ds}/runs/{wildcards.run} > {log} 2>&1"
+
+
+rule recommend:
+    output:
+        "results/{ds}/recommendations.parquet",
+    input:
+        run=main_result,
+        code=code("recommend"),
+    params:
+        k=setting("recommend", "k"),
+    threads: 8
+    log:
+        "results/{ds}/logs/recommend.log",
+    benchmark:
+        "results/{ds}/benchmarks/recommend.tsv"
+    conda:
+        GPU_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} python -m vlif_pipeline recommend --run {input.run} --k {params.k}"
+        " --threads {threads} --out {output} > {log} 2>&1"

@@ -188,3 +188,9 @@ def test_local_path_is_copied(tmp_path: Path) -> None:
     out = tmp_path / "raw" / "copy.json"
     assert _run(str(source), out) == 0 and out.read_bytes() == source.read_bytes()
     assert _run(source.as_uri(), tmp_path / "raw" / "copy2.json") == 0
+
+
+def test_a_long_download_reports_bytes_rate_and_time_left() -> None:
+    line = download._progress("http://x/big.gz", 30 * 2**20, 10 * 2**20, 110 * 2**20, 10.0)
+    assert line == "http://x/big.gz: 30.0 MiB of 110.0 MiB at 2.00 MiB/s, about 40 s left"
+    assert download._progress("http://x/big.gz", 3 * 2**20, 0, None, 2.0) == "http://x/big.gz: 3.0 MiB at 1.50 MiB/s"

@@ -7,6 +7,7 @@ Rules call this and nothing else, so a stage's code lives in exactly one module,
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 STAGES: dict[str, tuple[str, str]] = {
@@ -27,6 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "graph-item-knn": ("vlif_pipeline.graphs.item_knn", "exact blocked item-item cosine kNN graph"),
     "graph-user-user": ("vlif_pipeline.graphs.user_user", "user-user co-interaction top-k graph"),
     "train": ("vlif_pipeline.training.run", "train and evaluate one model configuration"),
+    "recommend": ("vlif_pipeline.training.recommend", "a trained run's top-k items per user, or for one user"),
     "report": ("vlif_pipeline.report.cli", "metrics.json, table.md and ablation.md"),
 }
 
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in STAGES.items()]
         print("usage: python -m vlif_pipeline <stage> [args]\n\nstages:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    if not sys.stderr.isatty():  # a rule's log file: plain lines, no carriage-return progress bars
+        os.environ.setdefault("TQDM_DISABLE", "1")
     module = importlib.import_module(STAGES[argv[0]][0])
     entry = getattr(module, ENTRY_POINTS.get(argv[0], "main"))
     return int(entry(argv[1:]) or 0)

@@ -21,7 +21,7 @@ from vlif_pipeline.registry import FUSIONS, MODELS, PARAM_CHOICES, TRAINER_DEFAU
 
 STAGE_SECTIONS = (
     "seed", "kcore", "split", "missing_meta", "ingest", "images", "vlm", "text_encoder",
-    "captions", "graphs", "train", "models", "sweep", "report",
+    "captions", "graphs", "train", "models", "sweep", "recommend", "report",
 )
 RUN_KEYS = ("model", "visual", "fusion")  # the train section's choice of the main run
 RESOURCE_KEYS = ("device", "gpus")  # the train section's keys for where a run goes, not what it computes

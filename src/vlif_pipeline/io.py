@@ -142,6 +142,15 @@ def load_item_features(path: str | os.PathLike[str], n_items: int | None = None)
     return array
 
 
+def duration(seconds: float) -> str:
+    """A short human duration for progress lines: 45 s, 12 min, 3.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def setup_logging(log_file: str | os.PathLike[str] | None, name: str = "vlif") -> logging.Logger:
     """Log to stderr and, when given, to the rule's ``log:`` file (appending, so retries accumulate)."""
     logger = logging.getLogger(name)

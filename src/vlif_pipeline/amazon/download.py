@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from vlif_pipeline.io import StageError, atomic_path, run_stage, setup_logging
+from vlif_pipeline.io import StageError, atomic_path, duration, run_stage, setup_logging
 
 CHUNK = 1 << 20
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -142,7 +142,8 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
         if expected is not None and expected > max_bytes:
             raise _Refused(f"{url}: {expected} bytes exceed the --max-bytes cap of {max_bytes}")
         written = offset
-        next_report = time.monotonic() + 30
+        started = time.monotonic()
+        next_report = started + 30
         with open(part, mode) as fh:
             if mode == "wb":  # after the truncation: old bytes never sit under the new file's validator
                 _write_validator(part, url, response, expected)
@@ -153,12 +154,22 @@ def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int, log: loggi
                     if written > max_bytes:
                         raise _Refused(f"{url}: more than the --max-bytes cap of {max_bytes} bytes")
                     if time.monotonic() > next_report:
-                        log.info("%s: %d of %s bytes", url, written, expected or "?")
+                        log.info("%s", _progress(url, written, offset, expected, time.monotonic() - started))
                         next_report = time.monotonic() + 30
             except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException, OSError) as err:
                 raise _Retry(f"connection lost after {written} bytes ({type(err).__name__}: {err})") from None
     if expected is not None and written < expected:
         raise _Retry(f"connection closed after {written} of {expected} bytes")
+
+
+def _progress(url: str, written: int, offset: int, expected: int | None, seconds: float) -> str:
+    """A progress line: bytes so far, the rate of this connection and, with a known size, the ETA."""
+    rate = (written - offset) / max(seconds, 1e-9)
+    line = f"{url}: {written / 2**20:.1f} MiB of {expected / 2**20:.1f} MiB" if expected else f"{url}: {written / 2**20:.1f} MiB"
+    line += f" at {rate / 2**20:.2f} MiB/s"
+    if expected and rate > 0:
+        line += f", about {duration((expected - written) / rate)} left"
+    return line
 
 
 def _copy_local(source: Path, part: Path, max_bytes: int) -> None:

@@ -110,8 +110,8 @@ class FREEDOM(Recommender):
         u, p, n = graph.split(batch)
         p, n = p + item_side[pos], n + item_side[neg]
         bpr = bpr_loss((u * p).sum(1), (u * n).sum(1))
-        modality = sum(
-            bpr_loss((query * feat[pos]).sum(1), (query * feat[neg]).sum(1))
+        modality = sum(  # index_select: its backward adds rows, ~4x faster than indexing's index_put
+            bpr_loss((query * feat.index_select(0, pos)).sum(1), (query * feat.index_select(0, neg)).sum(1))
             for query, feat in zip(self._feature_queries(u), self.features, strict=True)
         )
         total = bpr + self.hparams["reg_weight"] * modality

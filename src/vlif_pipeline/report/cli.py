@@ -17,6 +17,7 @@ from typing import Any
 
 from vlif_pipeline.config import TINY_VLM
 from vlif_pipeline.io import atomic_path, run_stage, setup_logging, write_json
+from vlif_pipeline.report import figures
 from vlif_pipeline.report.paper import build_paper
 from vlif_pipeline.report.runs import is_selection, metric, read_json
 from vlif_pipeline.report.sweep import choose, summarise
@@ -111,6 +112,51 @@ def build_metrics(
     return result
 
 
+def figure_parsers(sub: Any) -> None:
+    """The HTML report's figure commands (report/figures.py), each writing --out (and --out-png)."""
+    d = sub.add_parser("data", help="the dataset's facts (CSV) and degree distributions (PNG)")
+    d.add_argument("--ingest", type=Path, required=True)
+    d.add_argument("--stats", type=Path, required=True)
+    d.add_argument("--interactions", type=Path, required=True)
+    g = sub.add_parser("gallery", help="captions beside their images (HTML)")
+    for name in ("--items", "--manifest", "--captions"):
+        g.add_argument(name, type=Path, required=True)
+    g.add_argument("--seed", type=int, required=True)
+    g.add_argument("--count", type=int, default=12)
+    t = sub.add_parser("training", help="one run's loss terms and validation curve (PNG)")
+    t.add_argument("--history", type=Path, required=True)
+    t.add_argument("--metrics", type=Path, required=True)
+    c = sub.add_parser("curves", help="every run's validation curve (PNG)")
+    c.add_argument("--histories", type=Path, nargs="+", required=True)
+    r = sub.add_parser("results", help="Tables 1 and 2 (CSV) and Table 1's bar chart (PNG)")
+    r.add_argument("--runs", type=Path, nargs="+", required=True)
+    r.add_argument("--ablation-runs", type=Path, nargs="+", required=True)
+    r.add_argument("--out-ablation", type=Path, required=True)
+    b = sub.add_parser("cost", help="each job's wall time and peak memory (CSV, PNG)")
+    b.add_argument("--benchmarks", type=Path, nargs="+", required=True)
+    e = sub.add_parser("embeddings", help="2-D PCA of the visual features (PNG)")
+    e.add_argument("--features", nargs="+", required=True, help="label=path.npy, one per panel")
+    e.add_argument("--items", type=Path, required=True)
+    i = sub.add_parser("index", help="the list of the report's files")
+    i.add_argument("--files", type=Path, nargs="+", required=True)
+    for p in (d, r, b):
+        p.add_argument("--out-png", type=Path, required=True)
+
+
+FIGURES = {
+    "data": lambda a: (figures.data_summary(a.ingest, a.stats, a.out), figures.degree_plot(a.interactions, a.out_png)),
+    "gallery": lambda a: figures.gallery(a.items, a.manifest, a.captions, a.seed, a.count, a.out),
+    "training": lambda a: figures.training_plot(a.history, a.metrics, a.out),
+    "curves": lambda a: figures.curves_plot(a.histories, a.out),
+    "results": lambda a: figures.results_outputs(a.runs, a.ablation_runs, a.out, a.out_ablation, a.out_png),
+    "cost": lambda a: figures.cost_outputs(a.benchmarks, a.out, a.out_png),
+    "embeddings": lambda a: figures.embeddings_plot(
+        {label: Path(path) for label, path in (pair.split("=", 1) for pair in a.features)}, a.items, a.out
+    ),
+    "index": lambda a: figures.index_page(a.dataset, a.files, a.out),
+}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vlif_pipeline report", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -128,6 +174,7 @@ def main(argv: list[str]) -> int:
     pp.add_argument("--runs", type=Path, nargs="+", required=True, help="Table 1's runs (or sweep selections)")
     pp.add_argument("--ablation-runs", type=Path, nargs="+", required=True, help="Table 2's runs")
     pp.add_argument("--published", required=True, help="the paper's dataset to compare with (baby, sports, ...)")
+    figure_parsers(sub)
     s = sub.add_parser("sweep", help="choose a model's grid point on validation only")
     s.add_argument("--plan", required=True, help="JSON list, grid order: {settings, runs: [runs/{run}/metrics.json]}")
     s.add_argument("--model", required=True)
@@ -149,7 +196,10 @@ def main(argv: list[str]) -> int:
         if args.what in ("metrics", "table") and args.variant:
             visual = visual_summary(args.variant, args.captions, args.manifest, args.cnn_report)
             logger.info("%s", describe(visual))
-        if args.what == "paper":
+        if args.what in FIGURES:
+            FIGURES[args.what](args)
+            logger.info("wrote %s", args.out)
+        elif args.what == "paper":
             with atomic_path(args.out) as tmp:
                 tmp.write_text(build_paper(args.runs, args.ablation_runs, args.dataset, args.published))
             logger.info("wrote %s", args.out)

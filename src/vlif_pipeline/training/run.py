@@ -20,6 +20,9 @@ from vlif_pipeline.training.data import load_train_data, resolve_device
 from vlif_pipeline.training.trainer import Trainer
 
 
+INPUTS = ("kcore_dir", "text", "visual", "user_item", "item_knn", "user_user")  # load_train_data's files
+
+
 def read_params(value: str) -> dict[str, Any]:
     """``--params-json``: a path to a JSON file, or an inline JSON object (starts with ``{``)."""
     source = "--params-json"
@@ -65,13 +68,12 @@ def main(argv: list[str]) -> int:
         params = read_params(args.params_json)
         device = resolve_device(args.device)
         logger.info("model %s on %s, params %s", args.model, device, json.dumps(params, sort_keys=True))
-        data = load_train_data(
-            args.kcore_dir, args.text, args.visual, args.user_item, args.item_knn, args.user_user, device
-        )
+        inputs = {name: getattr(args, name) for name in INPUTS}
+        data = load_train_data(**inputs, device=device)
         logger.info(
             "%s: %d users, %d items, %d/%d/%d train/valid/test interactions",
             args.kcore_dir, data.n_users, data.n_items, data.train.nnz, data.valid.nnz, data.test.nnz,
         )
-        Trainer(args.model, data, params, Path(args.out_dir), logger).run()
+        Trainer(args.model, data, params, Path(args.out_dir), logger, inputs).run()
 
     return run_stage(body, logger)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from vlif_pipeline.codedeps import PACKAGE, stage_sources
-from vlif_pipeline.io import StageError, write_json
+from vlif_pipeline.io import StageError, duration, write_json
 from vlif_pipeline.models import build_model, native
 from vlif_pipeline.models.base import Recommender
 from vlif_pipeline.registry import MODELS, TRAINER_DEFAULTS
@@ -127,8 +127,15 @@ class Trainer:
     """Trains one model configuration into ``out_dir`` (checkpoint.pt, history.json, metrics.json)."""
 
     def __init__(
-        self, model_name: str, data: TrainData, params: dict[str, Any], out_dir: Path, logger: logging.Logger
+        self,
+        model_name: str,
+        data: TrainData,
+        params: dict[str, Any],
+        out_dir: Path,
+        logger: logging.Logger,
+        inputs: dict[str, str | None] | None = None,
     ) -> None:
+        self.inputs = inputs or {}  # the files the data came from, for metrics.json (the recommend stage reloads them)
         self.model_name = model_name
         self.data = data
         self.out_dir = Path(out_dir)
@@ -256,9 +263,11 @@ class Trainer:
     def _log_epoch(self, record: dict[str, Any], state: dict[str, Any]) -> None:
         loss = ", ".join(f"{k} {v:.4f}" for k, v in record["loss"].items())
         valid = f", valid {STOP_METRIC} {record['valid'][STOP_METRIC]:.4f}" if "valid" in record else ""
+        left = self.settings["max_epochs"] - record["epoch"]
+        eta = f"; at most {duration(left * state['seconds'] / record['epoch'])} to max_epochs" if left else ""
         self.logger.info(
-            "epoch %d: %s%s (%.2f s train; best epoch %d)",
-            record["epoch"], loss, valid, record["train_seconds"], state["best_epoch"],
+            "epoch %d/%d: %s%s (%.2f s train; best epoch %d%s)",
+            record["epoch"], self.settings["max_epochs"], loss, valid, record["train_seconds"], state["best_epoch"], eta,
         )
 
     def _finish(
@@ -275,6 +284,7 @@ class Trainer:
             "stopped_reason": stopped_reason,
             "seconds": round(seconds, 3),
             "device": str(self.data.device),
+            "inputs": self.inputs,
             "compute": native.provenance(),  # the two training paths round differently: say which ran
             "n_users": self.data.n_users,
             "n_items": self.data.n_items,

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vlif_pipeline.io import StageError, atomic_path, require_row_ids, run_stage, setup_logging, write_json
+from vlif_pipeline.io import StageError, atomic_path, duration, require_row_ids, run_stage, setup_logging, write_json
 from vlif_pipeline.registry import PROMPTS
 from vlif_pipeline.vision.prompts import PromptSpec, chat_messages, get_prompt
 from vlif_pipeline.vision.tiny_model import TINY_MARKER
@@ -401,6 +401,8 @@ class ShardRun:
         """Caption every distinct key in ``work``; returns key -> result (failures included)."""
         results: dict[str, Result] = {}
         started = last_log = time.monotonic()
+        step = max(1, len(work) // 20)  # a progress line every 5% of the items, and at least every 30 s
+        next_count = step
         for batch in self._batches(work):
             ready, images = self._load_images(batch, results)
             if ready:
@@ -409,10 +411,12 @@ class ShardRun:
                 if committed:
                     self.cache.commit(committed)
                 results.update(batch_results)
-            if time.monotonic() - last_log > 10 or len(results) == len(work):
+            if time.monotonic() - last_log > 30 or len(results) >= next_count or len(results) == len(work):
                 rate = self.generated / max(time.monotonic() - started, 1e-9)
-                self.logger.info("captions: %d / %d (%.1f items/s)", len(results), len(work), rate)
+                left = duration((len(work) - len(results)) / rate) if rate > 0 else "?"
+                self.logger.info("captions: %d / %d (%.1f items/s, about %s left)", len(results), len(work), rate, left)
                 last_log = time.monotonic()
+                next_count = len(results) + step
         return results
 
 
