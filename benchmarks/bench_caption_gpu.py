@@ -163,7 +163,7 @@ def check_correctness(rec: Recorder, device: str, small: bool, new: int) -> None
         model = build_model(kind, dtype, device, std=0.2 if small else 0.02)
         batch = make_batch(grids, 20, dtype, device, seed=1)
 
-        def compare() -> dict:
+        def compare(model=model) -> dict:
             with torch.inference_mode():
                 ref = generate_tokens(model, batch, new, exact=False)
                 stock = torch.cat(model.model.get_image_features(batch["pixel_values"],
@@ -257,7 +257,7 @@ def main() -> int:
     if not args.skip_checks:
         batch = make_batch([grid] * 8, prompt_len, dtype, device, seed=2)
 
-        def compare() -> dict:
+        def compare(model=model) -> dict:
             with torch.inference_mode():
                 ref = generate_tokens(model, batch, 16, exact=False)
             return agreement(greedy_generate(model, **batch, max_new_tokens=16, eos_token_id=IM_END,

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from vlif_pipeline.training import recommend, run
-from vlif_pipeline.training.data import load_train_data
 from vlif_pipeline.training.evaluator import top_k
 from vlif_pipeline.training.synthetic import make_synthetic, write_run_inputs
 
