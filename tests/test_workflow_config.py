@@ -132,9 +132,10 @@ def test_a_dataset_folder_with_spaces_and_shell_characters_runs(workdir: Path) -
 
 
 def test_the_reference_grids_plan_one_training_job_per_point_on_baby(workdir: Path) -> None:
-    """config/presets/grids.yaml, offline: 7 BPR + 20 LightGCN + 8 FREEDOM + 6 VLIF points, popularity."""
+    """config/presets/grids.yaml, offline: 7 BPR + 20 LightGCN + 8 FREEDOM + 6 VLIF points, then
+    popularity and FREEDOM on the CNN features (not swept)."""
     result = snakemake(
         workdir, "-n", "--configfile", "config/config.yaml", "config/presets/grids.yaml", "--", "results/baby/table.md"
     )
     jobs = planned_jobs(result)
-    assert jobs["train"] == 7 + 20 + 8 + 6 + 1 and jobs["sweep_select"] == 4, jobs
+    assert jobs["train"] == 7 + 20 + 8 + 6 + 2 and jobs["sweep_select"] == 4, jobs
