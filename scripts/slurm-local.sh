@@ -6,7 +6,8 @@
 #
 #   scripts/slurm-local.sh start    install if missing, configure, start, wait until the node is idle
 #   scripts/slurm-local.sh status   print the daemons this script started and the node state
-#   scripts/slurm-local.sh stop     cancel this cluster's jobs, stop the daemons this script started
+#   scripts/slurm-local.sh stop     cancel this cluster's jobs, stop the daemons this script started,
+#                                   remove the slurm.conf and gres.conf it wrote
 #
 # Exit status: 0 ok; 3 SLURM cannot be set up here (not root, no apt-get, install failed, a
 # slurm.conf of a real cluster present); 1 any other error (see the message and /var/log/slurm).
@@ -231,7 +232,11 @@ cmd_start() {
 
 cmd_stop() {
     need_root
-    if [ ! -s "$PID_FILE" ]; then log "nothing to stop (no daemons recorded in $PID_FILE)"; return 0; fi
+    if [ ! -s "$PID_FILE" ]; then
+        log "nothing to stop (no daemons recorded in $PID_FILE)"
+        remove_config
+        return 0
+    fi
     if ctld_ok; then
         # The jobs belong to this test cluster; do not leave their processes behind.
         scancel --full --state=PENDING 2>/dev/null || true
@@ -250,6 +255,20 @@ cmd_stop() {
         fi
     done
     rm -f "$PID_FILE"
+    remove_config
+}
+
+# A slurm.conf whose controller is gone makes every SLURM client wait for it: `scontrol show
+# config`, which the Snakemake SLURM plugin runs whenever snakemake starts, took 9 s here. Without
+# a slurm.conf the clients fail at once, as on a machine that never had a cluster.
+remove_config() {
+    local file
+    for file in "$CONF" "$GRES_CONF"; do
+        if [ -e "$file" ] && head -n1 "$file" | grep -qxF "$MARKER"; then
+            rm -f "$file"
+            log "removed $file"
+        fi
+    done
 }
 
 cmd_status() {

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "slurm-local.sh"
 PROFILE = REPO / "profiles" / "slurm"
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
 TEST_CLUSTER = "vlif-local"  # ClusterName in the slurm.conf that scripts/slurm-local.sh writes
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)")
 # Snakemake checks job states from the first seconds on, not after the plugin's default 40 s.
@@ -69,6 +70,7 @@ def slurm() -> dict[str, str]:
         pytest.skip("a SLURM cluster other than scripts/slurm-local.sh's runs here; not submitting test jobs to it")
     if not was_up and shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
         pytest.skip("SLURM test needs apt-get (to install Debian's slurm packages) or SLURM installed")
+    had_config = SLURM_CONF.exists()
     start = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
     if start.returncode == 3:
         pytest.skip(f"SLURM cannot be set up here: {start.stderr.strip()[-500:]}")
@@ -80,6 +82,8 @@ def slurm() -> dict[str, str]:
     if not was_up:  # stop only what this fixture started; CI's cluster stays up for CI to stop
         stop = subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, text=True, timeout=120)
         assert stop.returncode == 0, stop.stderr
+        # A slurm.conf left without its controller makes every snakemake start wait 9 s for it.
+        assert had_config or not SLURM_CONF.exists(), f"stop left {SLURM_CONF} behind"
 
 
 def _env(workdir: Path) -> dict[str, str]:
