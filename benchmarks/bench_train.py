@@ -7,6 +7,7 @@ the trainer's epoch loop per model and one full evaluation of the validation spl
     flock /tmp/vlif-bench.lock python benchmarks/bench_train.py --out bench_train.json
     python benchmarks/bench_train.py --models vlif --batch-size 1024 --native false   # PyTorch's ops only
     python benchmarks/bench_train.py --models vlif --batch-size 1024 --isa x86-64-v3  # an AVX2 CPU's code
+    python benchmarks/bench_train.py --models freedom --visual-dim 4096   # the published CNN features' width
     python3 benchmarks/bench_train.py --device cuda        # writes $OUT/bench_train.json when OUT is set
     python3 benchmarks/bench_train.py --device cuda --steps both   # eager and CUDA-graph steps compared
 
@@ -143,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the dataset (quick checks only)")
+    parser.add_argument(
+        "--visual-dim", type=int, default=384,
+        help="visual feature width: 384 (captions' sentence features), 4096 (the published CNN features)",
+    )
     parser.add_argument("--native", choices=["auto", "true", "false"], default="auto", help="the C kernels' mode")
     parser.add_argument("--isa", choices=sorted(ISA_ENV), default="native", help="see the module's docstring")
     parser.add_argument("--out", help="JSON results path (default $OUT/bench_train.json when OUT is set)")
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = baby_shape(args.scale)
 
     started = time.perf_counter()
-    synthetic = make_synthetic(**shape, seed=0)
+    synthetic = make_synthetic(**shape, seed=0, dim_visual=args.visual_dim)
     data = to_train_data(synthetic, device)
     build_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -175,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             **shape, "n_train": int(data.train.nnz), "n_valid": int(data.valid.nnz), "seconds_to_build": build_seconds
         },
         "batch_size": args.batch_size,
+        "visual_dim": args.visual_dim,
         "models": {},
     }
     rows = []

@@ -196,6 +196,39 @@ def test_freedom_resamples_into_the_same_buffers(data: TrainData) -> None:
     assert torch.equal(after.to_dense(), expected.to_dense())
 
 
+@pytest.mark.parametrize(
+    ("n_items", "width", "items_projected"), [(6, 8, True), (20, 8, False), (20, 1024, True), (50, 1024, False)]
+)
+def test_freedoms_modality_scores_are_the_same_either_way(n_items: int, width: int, items_projected: bool) -> None:
+    """Projecting every item's features or the batch's users: equal scores and gradients, and the
+    way taken is the one the shape rule names (batch 8: items per row 1, or 4 for wide features)."""
+    from vlif_pipeline.models import freedom
+
+    g = torch.Generator().manual_seed(3)
+    shapes = ((8, 4), (n_items, width), (4, width))
+    u, feat, weight = (torch.randn(*shape, generator=g, dtype=torch.float64) for shape in shapes)
+    pos, neg = torch.randint(0, n_items, (8,), generator=g), torch.randint(0, n_items, (8,), generator=g)
+    runs = []
+    for per_row in (0, 10**6):  # users' way, then items' way, whatever the width
+        leaves = [t.clone().requires_grad_() for t in (u, feat, weight)]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(freedom, "ITEMS_PER_ROW", per_row)
+            patch.setattr(freedom, "WIDE_ITEMS_PER_ROW", per_row)
+            scores = freedom.FREEDOM._modality_scores(*leaves, pos, neg)
+        (scores[0] * 2 - scores[1]).sum().backward()
+        runs.append((scores, [leaf.grad for leaf in leaves]))
+    torch.testing.assert_close(runs[0], runs[1])
+    seen = []
+    with pytest.MonkeyPatch.context() as patch:
+        def gather(self: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+            seen.append(self.shape[1])  # the gathered rows' width: d (items projected) or D
+            return torch.index_select(self, dim, index)
+
+        patch.setattr(torch.Tensor, "index_select", gather)
+        freedom.FREEDOM._modality_scores(u, feat, weight, pos, neg)
+    assert (seen[0] == 4) == items_projected, seen
+
+
 @pytest.mark.parametrize("name", ["bpr", "lightgcn", "freedom"])
 def test_training_learns_the_planted_structure(data: TrainData, name: str) -> None:
     torch.manual_seed(0)
