@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import re
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,9 @@ from vlif_pipeline.training.step import eager_step, make_optimizer  # noqa: E402
 from vlif_pipeline.training.synthetic import baby_shape, make_synthetic, to_train_data  # noqa: E402
 
 BASE_PACKAGE = "vlif_ab_base"
+# the package's name in imports and dotted module names (the registry's); elsewhere (the kernel
+# cache's folder name) it stays, so that both versions read the same cached kernel verdicts
+IMPORTED = re.compile(rb"\bvlif_pipeline(?=\.)|(?<=from )vlif_pipeline\b|(?<=import )vlif_pipeline\b")
 
 
 @contextlib.contextmanager
@@ -56,8 +60,8 @@ def revision_models(revision: str) -> Iterator[ModuleType]:
             target = Path(tmp) / BASE_PACKAGE / Path(member.name).relative_to("src/vlif_pipeline")
             target.parent.mkdir(parents=True, exist_ok=True)
             data = tar.extractfile(member).read()
-            if target.suffix == ".py":
-                data = data.replace(b"vlif_pipeline", BASE_PACKAGE.encode())
+            if target.suffix == ".py":  # module names only: it shares the tree's kernel caches
+                data = IMPORTED.sub(BASE_PACKAGE.encode(), data)
             target.write_bytes(data)
         sys.path.insert(0, tmp)
         try:
