@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every row of docs/benchmarks.md's CPU training table in one run: this CPU's own ISA level and
-# x86-64-v3 (AVX2, standing in for an AVX2 CPU), each with native auto (kernels where measured
+# Every row of docs/benchmarks.md's CPU training table in one run (FREEDOM also on 4096-d features,
+# the CNN features' width): this CPU's own ISA level and x86-64-v3 (AVX2, standing in for an AVX2
+# CPU), each with native auto (kernels where measured
 # faster) and native false (PyTorch's ops only). Writes one JSON per row into $1 (default
 # bench-isa/); run it alone on the machine:
 #     flock /tmp/vlif-bench.lock benchmarks/bench_isa.sh results/bench-isa
@@ -16,5 +17,7 @@ for isa in native x86-64-v3; do
       --batch-size 1024 --epochs 2 --warmup 1 --out "$out/vlif-$isa-$mode.json"
     "$python" benchmarks/bench_train.py --threads 2 --isa "$isa" --native "$mode" --models bpr,lightgcn,freedom \
       --batch-size 2048 --epochs 3 --warmup 1 --out "$out/baselines-$isa-$mode.json"
+    "$python" benchmarks/bench_train.py --threads 2 --isa "$isa" --native "$mode" --models freedom \
+      --batch-size 2048 --epochs 3 --warmup 1 --visual-dim 4096 --out "$out/freedom4096-$isa-$mode.json"
   done
 done
