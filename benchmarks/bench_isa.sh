@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Every row of docs/benchmarks.md's CPU training table in one run (FREEDOM also on 4096-d features,
 # the CNN features' width): this CPU's own ISA level and x86-64-v3 (AVX2, standing in for an AVX2
-# CPU), each with native auto (kernels where measured
-# faster) and native false (PyTorch's ops only). Writes one JSON per row into $1 (default
-# bench-isa/); run it alone on the machine:
+# CPU), each with native auto (kernels where measured faster) and native false (PyTorch's ops
+# only). Writes one JSON per row into $1 (default bench-isa/); run it alone on the machine:
 #     flock /tmp/vlif-bench.lock benchmarks/bench_isa.sh results/bench-isa
 set -euo pipefail
 out=${1:-bench-isa}
