@@ -2,8 +2,9 @@
 # Every row of docs/benchmarks.md's CPU training table in one run (FREEDOM also on 4096-d features,
 # the CNN features' width): this CPU's own ISA level and x86-64-v3 (AVX2, standing in for an AVX2
 # CPU), each with native auto (kernels where measured faster) and native false (PyTorch's ops
-# only). Writes one JSON per row into $1 (default results/bench-isa/, which git ignores); run it alone on the machine:
-#     flock /tmp/vlif-bench.lock benchmarks/bench_isa.sh results/bench-isa
+# only). Writes one JSON per row into $1 (default results/bench-isa/, which git ignores); run it
+# alone on the machine:
+#     flock /tmp/vlif-bench.lock benchmarks/bench_isa.sh
 set -euo pipefail
 out=${1:-results/bench-isa}
 mkdir -p "$out"
