@@ -232,11 +232,11 @@ cmd_start() {
 
 cmd_stop() {
     need_root
-    if [ ! -s "$PID_FILE" ]; then
-        log "nothing to stop (no daemons recorded in $PID_FILE)"
-        remove_config
-        return 0
-    fi
+    if [ -s "$PID_FILE" ]; then stop_daemons; else log "nothing to stop (no daemons recorded in $PID_FILE)"; fi
+    remove_config
+}
+
+stop_daemons() {
     if ctld_ok; then
         # The jobs belong to this test cluster; do not leave their processes behind.
         scancel --full --state=PENDING 2>/dev/null || true
@@ -255,7 +255,6 @@ cmd_stop() {
         fi
     done
     rm -f "$PID_FILE"
-    remove_config
 }
 
 # A slurm.conf whose controller is gone makes every SLURM client wait for it: `scontrol show
