@@ -461,6 +461,9 @@ class InfoNceKernel(_Library):
 
 
 def _padded(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with zero rows appended up to ``rows``; x itself when it has them and is contiguous."""
+    if x.shape[0] == rows and x.is_contiguous():
+        return x
     out = x.new_zeros((rows, *x.shape[1:]))
     out[: x.shape[0]] = x
     return out
@@ -475,13 +478,13 @@ class _ExpSums(torch.autograd.Function):
         n4, n64 = -(-n // 4) * 4, -(-n // 64) * 64
         threads = torch.get_num_threads()
         a_pad, b_pad, w_pad = _padded(a.detach(), n4), _padded(b.detach(), n64), _padded(weight.detach(), n64)
-        b_t = b_pad.T.contiguous()
+        panels = torch.empty_like(b_pad)  # the kernel's scratch: b^T, rearranged
         exps, row_sums, col_parts = a.new_empty((n4, n64)), a.new_empty(n4), a.new_zeros((threads, n64))
         kernel.lib.info_nce_forward(
             ctypes.c_long(n4),
             ctypes.c_long(n64),
             threads,
-            *(ctypes.c_void_p(t.data_ptr()) for t in (a_pad, b_t, w_pad)),
+            *(ctypes.c_void_p(t.data_ptr()) for t in (a_pad, b_pad, panels, w_pad)),
             ctypes.c_float(alpha),
             *(ctypes.c_void_p(t.data_ptr()) for t in (exps, row_sums, col_parts)),
         )
@@ -499,7 +502,7 @@ class _ExpSums(torch.autograd.Function):
         grad_a, grad_b = torch.empty_like(a_pad), torch.empty_like(b_pad)
         # named, not temporaries: a tensor must outlive the call that gets its address
         grad_rows, grad_cols = _padded(grad_rows, a_pad.shape[0]), _padded(grad_cols, b_pad.shape[0])
-        ctx.kernel.lib.info_nce_backward(
+        status = ctx.kernel.lib.info_nce_backward(
             ctypes.c_long(a_pad.shape[0]),
             ctypes.c_long(b_pad.shape[0]),
             torch.get_num_threads(),
@@ -507,6 +510,7 @@ class _ExpSums(torch.autograd.Function):
             ctypes.c_float(ctx.alpha),
             *(ctypes.c_void_p(t.data_ptr()) for t in (a_pad, b_pad, grad_a, grad_b)),
         )
+        _check_status(status, ctx.kernel.name)
         return None, grad_a[: ctx.n], grad_b[: ctx.n], None, None
 
 

@@ -24,6 +24,17 @@ static inline void *thread_buffer(void **slot, size_t size) {
   return *slot;
 }
 
+/* The same for a size that varies between calls: *capacity (bytes) is the size of *slot, which is
+ * replaced by a larger one when a call needs more. */
+static inline void *growing_thread_buffer(void **slot, size_t *capacity, size_t size) {
+  if (*slot && *capacity >= size) return *slot;
+  free(*slot);
+  *capacity = (size + 63) / 64 * 64;
+  *slot = aligned_alloc(64, *capacity);
+  if (!*slot) *capacity = 0;
+  return *slot;
+}
+
 /* out[r] = b + in[r] @ M for r < rows (a multiple of RB): in (rows, K), M (K, O), O a multiple of
  * BW; b may be NULL. */
 static inline void matmul(long rows, const float *restrict in, long K, const float *restrict M,
