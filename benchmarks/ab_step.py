@@ -35,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vlif_pipeline.models import build_model  # noqa: E402
+from vlif_pipeline.models import build_model, native  # noqa: E402
 from vlif_pipeline.training.sampler import TripleSampler  # noqa: E402
+from vlif_pipeline.training.allocator import keep_freed_memory  # noqa: E402
 from vlif_pipeline.training.step import eager_step, make_optimizer  # noqa: E402
 from vlif_pipeline.training.synthetic import baby_shape, make_synthetic, to_train_data  # noqa: E402
 
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as training does (make_step): both versions run under it
+    native.configure("auto")  # as a training run starts: kernel paths chosen for this run's shapes
     shape = baby_shape(args.scale)
     data = to_train_data(make_synthetic(**shape, seed=0), torch.device("cpu"))
     with revision_models(args.base) as base_models:

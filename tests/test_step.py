@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -30,10 +33,13 @@ def test_eager_step_is_one_adam_step_on_the_loss() -> None:
         torch.testing.assert_close(got, want, msg=name)
 
 
-def test_cpu_steps_are_eager() -> None:
+def test_cpu_steps_are_eager_and_keep_freed_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr("vlif_pipeline.training.step.keep_freed_memory", lambda: calls.append(1))
     model = build_model("bpr", tiny_data(), {})
     step = make_step(model, make_optimizer(model, 1e-3), 8)
     assert not isinstance(step, GraphedStep)
+    assert calls == [1]
     assert make_optimizer(model, 1e-3).param_groups[0]["capturable"] is False
 
 
@@ -78,3 +84,40 @@ def test_graphed_steps_train_like_eager_steps(name: str) -> None:
     assert graph_losses == pytest.approx(eager_losses, rel=1e-4)
     for eager_param, graph_param in zip(eager_params, graph_params, strict=True):
         torch.testing.assert_close(graph_param, eager_param, rtol=1e-3, atol=1e-4)
+
+
+
+FAULTS_SCRIPT = """
+import ctypes, ctypes.util, resource, sys
+from vlif_pipeline.training.allocator import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def step():  # eight 4 MB buffers written and freed, as InfoNCE's exponentials in a VLIF step
+    blocks = [libc.malloc(4 << 20) for _ in range(8)]
+    for block in blocks:
+        ctypes.memset(block, 1, 4 << 20)
+    for block in blocks:
+        libc.free(block)
+step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc thresholds: Linux only")
+def test_a_steps_freed_buffers_are_not_faulted_in_again() -> None:
+    """By default glibc returns the freed 32 MB to the kernel and the next step faults its 8,192
+    pages in again; with the setting that make_step applies the memory is reused."""
+    counts = {
+        mode: int(
+            subprocess.run([sys.executable, "-c", FAULTS_SCRIPT, mode], check=True, capture_output=True, text=True).stdout
+        )
+        for mode in ("default", "keep")
+    }
+    assert counts["default"] > 2 * 8192, counts  # the premise: freed memory went back to the kernel
+    assert counts["keep"] < 1024, counts

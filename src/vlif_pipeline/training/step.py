@@ -17,6 +17,7 @@ import torch
 
 from vlif_pipeline.cuda_streams import warmup_stream
 from vlif_pipeline.models.base import Recommender
+from vlif_pipeline.training.allocator import keep_freed_memory
 
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 LOG = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ class GraphedStep:
 
 
 def make_step(model: Recommender, optimizer: torch.optim.Optimizer, batch_size: int, graphs: bool = True) -> Step:
-    """The step function for ``model``: graphed on CUDA when ``graphs`` and the model allow it, else eager."""
+    """The step function for ``model``: graphed on CUDA when ``graphs`` and the model allow it, else eager
+    (with the C library's malloc set to keep the step's freed buffers: training/allocator.py)."""
     if graphs and next(model.parameters()).device.type == "cuda" and model.graphable:
         return GraphedStep(model, optimizer, batch_size)
+    keep_freed_memory()
     return functools.partial(eager_step, model, optimizer)
