@@ -8,6 +8,7 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -492,11 +493,26 @@ def test_a_damaged_verdict_is_measured_again(monkeypatch: pytest.MonkeyPatch, tm
     assert native._read_verdict(saved) == timer.verdict, "written again"
 
 
+def timed_call(order: list[str], name: str, seconds: float) -> Callable[[], None]:
+    def call() -> None:
+        order.append(name)
+        time.sleep(seconds)
+
+    return call
+
+
 def test_measure_times_both_paths_alternately() -> None:
     order: list[str] = []
-    verdict = native.measure(lambda: order.append("k"), lambda: order.append("t"))
-    assert order == ["k", "t", "k", "t", "t", "k"]
-    assert verdict.kernel_seconds >= 0 and verdict.torch_seconds >= 0
+    verdict = native.measure(timed_call(order, "k", 0.005), timed_call(order, "t", 0.005))
+    assert order == ["k", "t", "k", "t", "t", "k"], "a near-tie is timed twice each way"
+    assert verdict.kernel_seconds >= 0.005 and verdict.torch_seconds >= 0.005
+
+
+def test_a_clear_winner_is_timed_once() -> None:
+    order: list[str] = []
+    verdict = native.measure(timed_call(order, "k", 0.002), timed_call(order, "t", 0.02))
+    assert order == ["k", "t", "k", "t"]
+    assert verdict.use_kernel
 
 
 @pytest.mark.parametrize(("kernel", "name"), [(CrossBlockKernel, "cross_block"), (RedundancyKernel, "redundancy")])

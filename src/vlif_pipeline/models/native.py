@@ -197,7 +197,8 @@ def _check_status(status: int, what: str) -> None:
         raise MemoryError(f"the {what} kernel could not allocate its per-thread buffers")
 
 
-CALIBRATION_CALLS = 2  # timed calls per path, after one untimed call each; the faster one counts
+CALIBRATION_CALLS = 2  # timed calls per path at most, after one untimed call each; the fastest counts
+CLEAR_RATIO = 1.5  # a path this much faster after one timed call each is chosen without a second
 
 
 @dataclass(frozen=True)
@@ -224,9 +225,11 @@ def size_class(n: int) -> int:
 
 
 def measure(kernel_run: Callable[[], object], torch_run: Callable[[], object]) -> Verdict:
-    """Time both paths: one untimed call each (lazy allocations), then :data:`CALIBRATION_CALLS`
+    """Time both paths: one untimed call each (lazy allocations), then up to :data:`CALIBRATION_CALLS`
     calls each, alternating which goes first so that drift on a shared machine hits both alike;
-    the fastest call of each counts (interruptions only ever add time)."""
+    the fastest call of each counts (interruptions only ever add time). A clear winner after the
+    first round (:data:`CLEAR_RATIO`) ends it: the PyTorch side of a Baby-sized VLIF run's fused
+    blocks is most of the calibration's cost, and a second call would not change its verdict."""
     began = time.perf_counter()
     kernel_run()
     torch_run()
@@ -236,6 +239,9 @@ def measure(kernel_run: Callable[[], object], torch_run: Callable[[], object]) -
             started = time.perf_counter()
             run()
             times[run].append(time.perf_counter() - started)
+        fast, slow = sorted((min(times[kernel_run]), min(times[torch_run])))
+        if slow >= CLEAR_RATIO * fast:
+            break
     _calibration[0] += time.perf_counter() - began
     return Verdict(min(times[kernel_run]), min(times[torch_run]))
 
