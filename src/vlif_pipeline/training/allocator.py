@@ -2,9 +2,9 @@
 every step (InfoNCE's (n, n) exponentials, 4 MB each at batch 1024, eight per VLIF step).
 
 glibc's malloc serves blocks that large by mmap, or from the heap whose freed top it returns to the
-kernel, so each step faulted them in again: 1.0 million minor page faults in seven demo epochs, and
-13% of an epoch held to AVX2 (0.1 million with this setting). Raising both thresholds keeps the memory
-mapped for the next step; the process then holds on to its peak heap until it ends.
+kernel, so each step faulted them in again: 1.0 million minor page faults in seven demo epochs (0.1
+million with this setting, and a demo epoch held to AVX2 5-16% faster). Raising both thresholds keeps
+the memory mapped for the next step; the process then holds on to its peak heap until it ends.
 """
 
 from __future__ import annotations
