@@ -126,9 +126,10 @@ def test_redundancy_kernel_equals_the_module(n: int, level: str) -> None:
     assert_same(gradients(encoder, [v, t], lambda: encoder.encode(v, t)), expected)
 
 
-@pytest.mark.parametrize(("n", "keep"), [(1024, True), (575, False), (37, True), (1, False)])
+@pytest.mark.parametrize(("n", "keep"), [(1024, True), (575, False), (37, True), (1, False), (1100, True)])
 def test_info_nce_kernel_equals_torch(n: int, keep: bool, level: str) -> None:
-    """Row counts that fill the 4-row and 64-column blocks and ones that are padded; masked rows."""
+    """Row counts that fill the 4-row and 64-column blocks and ones that are padded; masked rows;
+    the last larger than the first, so that the backward's per-thread buffer must grow."""
     torch.manual_seed(0)
     a, b = torch.randn(n, DIM, requires_grad=True), torch.randn(n, DIM, requires_grad=True)
     mask = torch.rand(n) > 0.3 if keep else None
