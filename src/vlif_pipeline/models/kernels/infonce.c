@@ -99,7 +99,7 @@ int info_nce_backward(long n4, long np, int threads, float *S, const float *gr, 
       matmul(4, S + i0 * np, np, b, NULL, D, da + i0 * D);
     }
     /* db = G^T a, each thread its own 64-column blocks of G (rows of db), transposed first: read in
-     * place, a block's column of 4 floats per row of G took 2.7x as long (AVX2 build) */
+     * place, a block's column of 4 floats per row of G took 2.2x as long (AVX2 build) */
     float *gt = growing_thread_buffer(&transposed, &transposed_bytes, sizeof(float) * 64 * n4);
     if (!gt) {
       #pragma omp atomic write
