@@ -86,7 +86,6 @@ def test_graphed_steps_train_like_eager_steps(name: str) -> None:
         torch.testing.assert_close(graph_param, eager_param, rtol=1e-3, atol=1e-4)
 
 
-
 FAULTS_SCRIPT = """
 import ctypes, ctypes.util, resource, sys
 from vlif_pipeline.training.allocator import keep_freed_memory

@@ -15,24 +15,23 @@ __attribute__((simd("notinbranch"))) float expf(float);
 
 #define EPS 1e-5f /* PyTorch's LayerNorm default */
 
-/* The calling thread's buffer in *slot (a __thread pointer), allocated on its first call and kept
- * for the next: on the heap, as a wide block's tile state outgrows a thread's stack, and aligned
+/* A thread's buffer (a __thread Buffer), kept from call to call and replaced by a larger one when a
+ * call needs more: on the heap, as a wide block's tile state outgrows a thread's stack, and aligned
  * to cache lines like the vectors read from it (malloc's 16-byte alignment split those loads: 6%
- * of a training step). NULL when out of memory. */
-static inline void *thread_buffer(void **slot, size_t size) {
-  if (!*slot) *slot = aligned_alloc(64, (size + 63) / 64 * 64);
-  return *slot;
-}
+ * of a training step). */
+typedef struct {
+  void *data;
+  size_t bytes;
+} Buffer;
 
-/* The same for a size that varies between calls: *capacity (bytes) is the size of *slot, which is
- * replaced by a larger one when a call needs more. */
-static inline void *growing_thread_buffer(void **slot, size_t *capacity, size_t size) {
-  if (*slot && *capacity >= size) return *slot;
-  free(*slot);
-  *capacity = (size + 63) / 64 * 64;
-  *slot = aligned_alloc(64, *capacity);
-  if (!*slot) *capacity = 0;
-  return *slot;
+/* buffer's memory, at least `size` bytes; NULL when out of memory. */
+static inline void *thread_buffer(Buffer *buffer, size_t size) {
+  if (buffer->data && buffer->bytes >= size) return buffer->data;
+  free(buffer->data);
+  buffer->bytes = (size + 63) / 64 * 64;
+  buffer->data = aligned_alloc(64, buffer->bytes);
+  if (!buffer->data) buffer->bytes = 0;
+  return buffer->data;
 }
 
 /* out[r] = b + in[r] @ M for r < rows (a multiple of RB): in (rows, K), M (K, O), O a multiple of

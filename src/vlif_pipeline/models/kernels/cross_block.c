@@ -52,7 +52,7 @@ typedef struct {
   float d_K[NT][T][D], d_V[NT][T][D], d_xn[NT][D], d_Xn[NT][T][D], d_Xv[NT][T][D];
 } Scratch;
 
-static __thread void *tile_slot, *scratch_slot; /* see thread_buffer */
+static __thread Buffer tile_buffer, scratch_buffer; /* see thread_buffer */
 
 /* Forward of `rows` nodes from x (rows, D), X (rows, T, D); writes out (rows, D) unless NULL. */
 static void tile_forward(int rows, const float *x, const float *X, const float *const *p, Tile *s, float *out) {
@@ -110,7 +110,7 @@ int cross_block_forward(long n, int threads, const float *const *inputs, const f
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
+    Tile *s = thread_buffer(&tile_buffer, sizeof(Tile));
     if (!s) {
       #pragma omp atomic write
       failed = 1;
@@ -137,8 +137,8 @@ int cross_block_backward(long n, int threads, const float *const *inputs, const 
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
-    Scratch *z = thread_buffer(&scratch_slot, sizeof(Scratch));
+    Tile *s = thread_buffer(&tile_buffer, sizeof(Tile));
+    Scratch *z = thread_buffer(&scratch_buffer, sizeof(Scratch));
     if (!s || !z) {
       #pragma omp atomic write
       failed = 1;

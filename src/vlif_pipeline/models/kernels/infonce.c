@@ -78,8 +78,7 @@ static inline void transpose_block(long n4, long np, const float *restrict G, fl
     for (int j = 0; j < 64; j++) gt[j * n4 + i0] = G[i0 * np + j];
 }
 
-static __thread void *transposed; /* a thread's (64, n4) block of G^T, kept for its next call */
-static __thread size_t transposed_bytes;
+static __thread Buffer transposed; /* a thread's (64, n4) block of G^T, kept for its next call */
 
 /* Given S from the forward (overwritten), d(loss)/dr = gr (n4) and d(loss)/dc = gc (np): da (n4, D)
  * and db (np, D). a (n4, D), b (np, D). Returns 0, or 1 when out of memory. */
@@ -100,7 +99,7 @@ int info_nce_backward(long n4, long np, int threads, float *S, const float *gr, 
     }
     /* db = G^T a, each thread its own 64-column blocks of G (rows of db), transposed first: read in
      * place, a block's column of 4 floats per row of G took 2.2x as long (AVX2 build) */
-    float *gt = growing_thread_buffer(&transposed, &transposed_bytes, sizeof(float) * 64 * n4);
+    float *gt = thread_buffer(&transposed, sizeof(float) * 64 * n4);
     if (!gt) {
       #pragma omp atomic write
       failed = 1;

@@ -57,7 +57,7 @@ typedef struct {
   float d_score[NT][2][H], d_K[NT][2][D], d_V[NT][2][D], d_tok[NT][2][D], d_val[NT][2][D];
 } Scratch;
 
-static __thread void *tile_slot, *scratch_slot; /* see thread_buffer */
+static __thread Buffer tile_buffer, scratch_buffer; /* see thread_buffer */
 
 /* Forward of `rows` nodes from in (rows, 2, D); writes out rows [start, start + rows) of each of
  * the three (n, D) variant planes unless out is NULL. */
@@ -122,7 +122,7 @@ int redundancy_forward(long n, int threads, const float *const *inputs, const fl
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
+    Tile *s = thread_buffer(&tile_buffer, sizeof(Tile));
     if (!s) {
       #pragma omp atomic write
       failed = 1;
@@ -149,8 +149,8 @@ int redundancy_backward(long n, int threads, const float *const *inputs, const f
   int failed = 0;
   #pragma omp parallel num_threads(threads)
   {
-    Tile *s = thread_buffer(&tile_slot, sizeof(Tile));
-    Scratch *z = thread_buffer(&scratch_slot, sizeof(Scratch));
+    Tile *s = thread_buffer(&tile_buffer, sizeof(Tile));
+    Scratch *z = thread_buffer(&scratch_buffer, sizeof(Scratch));
     if (!s || !z) {
       #pragma omp atomic write
       failed = 1;
